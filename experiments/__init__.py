@@ -1,0 +1,1 @@
+"""experiments: generated tasks, models, the training harness and reproduction scripts."""

@@ -1,0 +1,1 @@
+"""graphs: the torch-free side of interbasis (interaction graphs, modules, export, drawing)."""

@@ -1,0 +1,1 @@
+"""Matplotlib figures, one module per topic. The math modules never import this package."""
