@@ -1,5 +1,7 @@
 """interbasis: interaction bases, interaction graphs and loss-landscape views of networks."""
 
+from interbasis.basis import Basis, load_bases, save_bases
+from interbasis.build import activation_grams, build_bases, output_jacobian_gram
 from interbasis.callbacks import Callback
 from interbasis.errors import (
     DataError,
@@ -10,17 +12,25 @@ from interbasis.errors import (
     RankError,
     ShapeError,
 )
+from interbasis.grams import GramAccumulator
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Basis",
     "Callback",
     "DataError",
     "FormatError",
+    "GramAccumulator",
     "InterbasisError",
     "NodeLayerError",
     "NonFiniteError",
     "RankError",
     "ShapeError",
     "__version__",
+    "activation_grams",
+    "build_bases",
+    "load_bases",
+    "output_jacobian_gram",
+    "save_bases",
 ]

@@ -22,3 +22,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def rib_model() -> torch.nn.Module:
+    """The shipped rib mod-add checkpoint (float32, eval mode); tests must not modify it."""
+    from experiments.checkpoint_io import load_rib_modadd
+
+    return load_rib_modadd()
+
+
+@pytest.fixture(scope="session")
+def rib_train_inputs() -> torch.Tensor:
+    """rib's train split of add mod 113 (3 830 token triples)."""
+    from experiments.checkpoint_io import rib_modadd_task
+
+    return rib_modadd_task().train_inputs
+
+
+@pytest.fixture(scope="session")
+def rib_bases(rib_model, rib_train_inputs):
+    """Interaction bases of the rib checkpoint with rib-compatible settings (float64, centred)."""
+    from interbasis import build_bases
+
+    return build_bases(
+        rib_model,
+        rib_train_inputs,
+        ["blocks.0.ln1", "blocks.0.ln2", "unembed", "output"],
+        dtype=torch.float64,
+        progress=False,
+    )

@@ -1,0 +1,299 @@
+"""The pipeline: model + data -> Grams -> bases, from the output layer backwards (DESIGN §3)."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from interbasis.basis import Basis, Truncation, interaction_basis, neuron_basis, pca_basis
+from interbasis.capture import OUTPUT, capture, check_cut, resolve_node_layers
+from interbasis.data import check_data, iter_batches
+from interbasis.errors import DataError, NodeLayerError
+from interbasis.grams import DEFAULT_MEMORY_BUDGET, GramAccumulator, check_finite, jacobian_gram
+
+BasisKind = Literal["interaction", "pca", "neuron"]
+
+
+@dataclass
+class Run:
+    """A model prepared for analysis: the right dtype/device, node layers resolved."""
+
+    model: nn.Module
+    data: Any
+    modules: dict[str, nn.Module | None]
+    dtype: torch.dtype
+    device: torch.device
+    batch_size: int | None
+    progress: bool
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    grams: dict[str, GramAccumulator] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.modules)
+
+    def batches(self, desc: str | None = None) -> Iterator[torch.Tensor]:
+        """Model inputs on the run's device, with a progress bar when asked for."""
+        it = iter_batches(self.data, self.batch_size, self.device, self.dtype)
+        if self.progress and desc:
+            return iter(tqdm(it, desc=desc, leave=False))
+        return it
+
+    def module(self, name: str) -> tuple[str, nn.Module | None]:
+        return name, self.modules[name]
+
+    def injectable(self, name: str) -> tuple[str, nn.Module]:
+        module = self.modules[name]
+        if module is None:
+            raise NodeLayerError(f"{name!r} is the model output; nothing comes after it")
+        return name, module
+
+
+def _model_device(model: nn.Module) -> torch.device | None:
+    devices = {t.device for t in list(model.parameters()) + list(model.buffers())}
+    if len(devices) > 1:
+        raise DataError(
+            f"the model's parameters lie on several devices {sorted(map(str, devices))}; "
+            "interbasis runs the model on one device"
+        )
+    return next(iter(devices)) if devices else None
+
+
+def prepare(
+    model: nn.Module,
+    data: Any,
+    node_layers: Sequence[str],
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> Run:
+    """Validate inputs and return a :class:`Run` with a private copy of the model.
+
+    ``device=None`` picks CUDA when available, else CPU. The model is copied only when its
+    dtype or device must change (the user's model is never modified). A model in train mode
+    triggers a warning: dropout and batch norm change the function being analysed.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+    check_data(data)
+    if model.training:
+        warnings.warn(
+            "the model is in train mode: dropout and batch norm change the function being "
+            "analysed; call model.eval() first",
+            UserWarning,
+            stacklevel=3,
+        )
+    target = torch.device(device) if device is not None else None
+    if target is None:
+        target = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    current = _model_device(model)
+    float_dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if current != target or float_dtypes - {dtype}:
+        model = copy.deepcopy(model).to(device=target, dtype=dtype)
+    modules = resolve_node_layers(model, node_layers)
+    return Run(model, data, modules, dtype, target, batch_size, progress, memory_budget)
+
+
+def accumulate_activation_grams(run: Run, check_cuts: bool = True) -> dict[str, GramAccumulator]:
+    """One pass over the data: streaming Grams of every node layer (stored on ``run``).
+
+    With ``check_cuts`` the first batch also verifies that consecutive node layers are
+    sections of the forward pass (:func:`interbasis.capture.check_cut`).
+    """
+    grams: dict[str, GramAccumulator] = {}
+    for b, x in enumerate(run.batches("activation Grams")):
+        with torch.no_grad():
+            acts, layouts = capture(run.model, x, run.modules)
+        for name, a in acts.items():
+            check_finite(a, "activations", name, b)
+            if name not in grams:
+                grams[name] = GramAccumulator(a.shape[-1], device=a.device)
+            elif a.shape[-1] != grams[name].dim:
+                raise DataError(
+                    f"node layer {name!r} has width {a.shape[-1]} in batch {b} but "
+                    f"{grams[name].dim} before"
+                )
+            grams[name].update(a)
+        if b == 0 and check_cuts:
+            for lo, hi in zip(run.names[:-1], run.names[1:], strict=True):
+                with torch.no_grad():
+                    check_cut(
+                        run.model, x, run.injectable(lo), acts[lo], layouts[lo],
+                        run.module(hi), acts[hi],
+                    )  # fmt: skip
+    run.grams = grams
+    return grams
+
+
+def _out_map(basis: Basis) -> torch.Tensor:
+    """The part of ``C`` acting on the activations, non-constant nodes only ``(d, k)``."""
+    return basis.C[:-1, 1:] if basis.has_constant else basis.C
+
+
+def _final_basis(run: Run, name: str, kind: str, center: bool, truncation: Truncation) -> Basis:
+    g = run.grams[name]
+    if kind == "neuron":
+        return neuron_basis(name, g.mean, g.covariance, fold_bias=False)
+    if kind == "pca":
+        gram = g.covariance if center else g.second_moment
+        return pca_basis(name, g.mean, gram, center=center, fold_bias=False, truncation=truncation)
+    raise ValueError(f'final_basis must be "neuron" or "pca", got {kind!r}')
+
+
+def build_bases(
+    model: nn.Module,
+    data: Any,
+    node_layers: Sequence[str],
+    basis: BasisKind = "interaction",
+    *,
+    center: bool = True,
+    fold_bias: bool = True,
+    truncation: Truncation = "auto",
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+    scope: Literal["local", "global"] = "local",
+    final_basis: Literal["neuron", "pca"] = "neuron",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> list[Basis]:
+    """Bases of every node layer, computed from the output layer backwards.
+
+    Parameters
+    ----------
+    model : any ``nn.Module`` taking one positional input.
+    data : a tensor (split into ``batch_size`` batches) or a re-iterable of batches (tensors,
+        or tuples whose first element is the model input).
+    node_layers : module names from ``model.named_modules()`` in forward order, optionally
+        ending with ``"output"``. Activations are read at each module's *input*.
+    basis : ``"interaction"`` (seed 004 §6), ``"pca"`` or ``"neuron"`` baselines.
+    center : centre activations (the mean is carried by the constant node); needs
+        ``fold_bias``.
+    fold_bias : append a constant coordinate 1 (node 0 of each basis, except the final).
+    truncation : ``"auto"`` (relative floor ``max * dim * eps``) or an absolute threshold
+        (``1e-15`` reproduces rib).
+    dtype : dtype of the forward pass; Grams and eigendecompositions are always float64.
+    device : where to run; ``None`` = CUDA when available, else CPU.
+    scope : ``"local"`` (M from the next node layer, appendix A) or ``"global"`` (M from the
+        final node layer's functions, seed 004 eq. 40).
+    final_basis : basis of the last node layer (``"neuron"`` default, or ``"pca"``).
+    memory_budget : bytes for one chunk of batched VJPs (memory is independent of the
+        dataset size; it grows with the batch size and this budget).
+
+    Returns
+    -------
+    list of :class:`Basis` in the order of ``node_layers``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    >>> bases = build_bases(net.eval(), torch.randn(64, 3), ["0", "2", "output"], progress=False)
+    >>> [b.name for b in bases]
+    ['0', '2', 'output']
+    """
+    if basis not in ("interaction", "pca", "neuron"):
+        raise ValueError(f'basis must be "interaction", "pca" or "neuron", got {basis!r}')
+    if scope not in ("local", "global"):
+        raise ValueError(f'scope must be "local" or "global", got {scope!r}')
+    if center and not fold_bias:
+        raise ValueError("center=True needs fold_bias=True: the mean is carried by the constant")
+    run = prepare(
+        model, data, node_layers, dtype=dtype, device=device, batch_size=batch_size,
+        progress=progress, memory_budget=memory_budget,
+    )  # fmt: skip
+    accumulate_activation_grams(run, check_cuts=basis == "interaction")
+    names = run.names
+    bases: dict[str, Basis] = {
+        names[-1]: _final_basis(run, names[-1], final_basis, center, truncation)
+    }
+    for i in range(len(names) - 2, -1, -1):
+        name = names[i]
+        g = run.grams[name]
+        gram = g.covariance if center else g.second_moment
+        if basis == "neuron":
+            bases[name] = neuron_basis(name, g.mean, g.covariance, fold_bias=fold_bias)
+        elif basis == "pca":
+            bases[name] = pca_basis(
+                name, g.mean, gram, center=center, fold_bias=fold_bias, truncation=truncation
+            )
+        else:
+            target = names[i + 1] if scope == "local" else names[-1]
+            M = jacobian_gram(
+                run.model, run.batches(f"M {name}"), run.injectable(name), run.module(target),
+                _out_map(bases[target]), run.memory_budget,
+            )  # fmt: skip
+            bases[name] = interaction_basis(
+                name, g.mean, gram, M, center=center, fold_bias=fold_bias, truncation=truncation
+            )
+    return [bases[n] for n in names]
+
+
+def activation_grams(
+    model: nn.Module,
+    data: Any,
+    node_layers: Sequence[str],
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> dict[str, GramAccumulator]:
+    """Streaming activation Grams (means, centred and uncentred) of the given node layers.
+
+    Node layers need not be sections of each other here (any modules, in forward order).
+    """
+    run = prepare(
+        model, data, node_layers, dtype=dtype, device=device, batch_size=batch_size,
+        progress=progress,
+    )  # fmt: skip
+    return accumulate_activation_grams(run, check_cuts=False)
+
+
+def output_jacobian_gram(
+    model: nn.Module,
+    data: Any,
+    wrt: str,
+    of: str = OUTPUT,
+    out_map: torch.Tensor | None = None,
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> torch.Tensor:
+    """Jacobian Gram ``E[J^T J]``, ``J = d(f^{of} @ out_map) / d f^{wrt}`` ``(d_wrt, d_wrt)``.
+
+    With ``wrt`` = the module receiving a layer's pre-activations (e.g. ``"acts.0"`` of an
+    MLP, or ``"blocks.0.mlp.hook_pre"``) and ``of="output"`` this is ``K^l`` of seed 004
+    eqs 15/39. Positions follow DESIGN §4 (diagonal in input position, normalised by
+    ``N * P_in``). The section from ``wrt`` to ``of`` must be a cut of the forward pass
+    (checked on the first batch).
+    """
+    run = prepare(
+        model, data, [wrt, of], dtype=dtype, device=device, batch_size=batch_size,
+        progress=progress, memory_budget=memory_budget,
+    )  # fmt: skip
+    accumulate_activation_grams(run, check_cuts=True)
+    width = run.grams[of].dim
+    if out_map is None:
+        out_map = torch.eye(width, dtype=torch.float64, device=run.device)
+    elif out_map.ndim != 2 or out_map.shape[0] != width:
+        raise DataError(f"out_map must have shape ({width}, k), got {tuple(out_map.shape)}")
+    return jacobian_gram(
+        run.model, run.batches(f"K {wrt}"), run.injectable(wrt), run.module(of),
+        out_map.to(run.device), memory_budget,
+    )  # fmt: skip

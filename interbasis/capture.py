@@ -1,0 +1,316 @@
+"""Activations at the *input* of named modules, and sections of the forward pass.
+
+A *node layer* is addressed by a module name from ``model.named_modules()`` and means the
+activations that flow *into* that module (DESIGN §2), or ``"output"``: the model's output.
+Captured activations keep their position dimension: shape ``(batch, d)`` or
+``(batch, pos, d)`` (any middle dimensions are flattened into one position dimension).
+A module called with several positional tensor inputs sees them concatenated on the last
+dimension; the split is remembered so that substituted values can be split back.
+
+A *section* ``f^{l+1}(f^l)`` is computed by running the model with the input of module ``l``
+substituted (a forward pre-hook) and reading the input of module ``l+1`` (where the forward
+pass is then stopped). This is the true map between the two node layers only if everything
+downstream depends on the model input through module ``l``'s input alone (a *cut* of the
+forward pass); :func:`check_cut` verifies that on data.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from interbasis.errors import DataError, NodeLayerError
+
+OUTPUT = "output"
+
+
+class _StopForward(Exception):
+    """Raised inside a hook to end the forward pass once the wanted input is read."""
+
+
+@dataclass(frozen=True)
+class InputLayout:
+    """How a module's positional inputs map to one activation tensor.
+
+    Attributes
+    ----------
+    arg_positions : positions (in the module's ``args``) of the floating tensors used.
+    split : sizes of their last dimensions (concatenated in this order).
+    shape : shape of each input without the last dimension, e.g. ``(batch, pos)``.
+    """
+
+    arg_positions: tuple[int, ...]
+    split: tuple[int, ...]
+    shape: tuple[int, ...]
+
+
+def resolve_node_layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module | None]:
+    """Map node-layer names to modules (``None`` for ``"output"``), with clear errors.
+
+    Raises
+    ------
+    NodeLayerError
+        For an empty list, an unknown or duplicated name (close matches from
+        ``named_modules()`` are listed), or ``"output"`` not given last.
+    """
+    if len(names) == 0:
+        raise NodeLayerError("node_layers is empty: give at least one module name")
+    modules = dict(model.named_modules())
+    resolved: dict[str, nn.Module | None] = {}
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise NodeLayerError(f"node layer names must be strings, got {name!r}")
+        if name in resolved:
+            raise NodeLayerError(f"node layer {name!r} is given twice")
+        if name == OUTPUT:
+            if i != len(names) - 1:
+                raise NodeLayerError(
+                    f'"output" must be the last node layer, but it is at position {i} of '
+                    f"{list(names)}"
+                )
+            resolved[name] = None
+            continue
+        if name not in modules or name == "":
+            close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.5)
+            hint = f" Close matches: {close}." if close else ""
+            raise NodeLayerError(
+                f"unknown node layer {name!r}: no module of that name in model.named_modules()."
+                f'{hint} Use "output" for the model output.'
+            )
+        resolved[name] = modules[name]
+    return resolved
+
+
+def model_input(batch: Any) -> torch.Tensor:
+    """The model input of one batch: the batch itself or the first element of a tuple/list."""
+    if isinstance(batch, (tuple, list)):
+        if len(batch) == 0:
+            raise DataError("a batch is an empty tuple; expected (inputs, ...)")
+        batch = batch[0]
+    if not isinstance(batch, torch.Tensor):
+        raise DataError(
+            f"each batch must be a tensor or a tuple whose first element is a tensor, got "
+            f"{type(batch).__name__}"
+        )
+    return batch
+
+
+def _tensor_args(args: tuple[Any, ...]) -> tuple[list[int], list[torch.Tensor]]:
+    positions = [
+        i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.is_floating_point()
+    ]
+    return positions, [args[i] for i in positions]
+
+
+def _layout_of(name: str, args: tuple[Any, ...]) -> tuple[InputLayout, torch.Tensor]:
+    positions, tensors = _tensor_args(args)
+    if not tensors:
+        kinds = [
+            type(a).__name__ if not isinstance(a, torch.Tensor) else str(a.dtype) for a in args
+        ]
+        raise DataError(
+            f"module {name!r} receives no floating-point tensor input (its inputs: {kinds}); "
+            "it cannot be a node layer"
+        )
+    lead = tensors[0].shape[:-1]
+    for t in tensors[1:]:
+        if t.shape[:-1] != lead:
+            raise DataError(
+                f"module {name!r} receives inputs of shapes {[tuple(t.shape) for t in tensors]} "
+                "that differ before the last dimension; they cannot be concatenated"
+            )
+    if len(lead) < 1:
+        raise DataError(
+            f"input of module {name!r} has no batch dimension: {tuple(tensors[0].shape)}"
+        )
+    layout = InputLayout(tuple(positions), tuple(t.shape[-1] for t in tensors), tuple(lead))
+    acts = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=-1)
+    return layout, acts
+
+
+def as_positions(acts: torch.Tensor) -> torch.Tensor:
+    """Reshape ``(batch, [pos...], d)`` to ``(batch, pos, d)`` (pos = 1 when absent)."""
+    return acts.reshape(acts.shape[0], -1, acts.shape[-1])
+
+
+def _output_tensor(out: Any) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor):
+        raise DataError(
+            f'the model returns {type(out).__name__}, not a tensor; "output" needs a tensor output'
+        )
+    if not out.is_floating_point():
+        raise DataError(f'the model output has dtype {out.dtype}; "output" needs floating point')
+    return out
+
+
+def capture(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    modules: dict[str, nn.Module | None],
+) -> tuple[dict[str, torch.Tensor], dict[str, InputLayout]]:
+    """Run ``model(inputs)`` once and return the input activations of the node layers.
+
+    Parameters
+    ----------
+    model : the network (any ``nn.Module`` taking one positional input).
+    inputs : the model input for one batch.
+    modules : result of :func:`resolve_node_layers` (insertion order = expected forward order).
+
+    Returns
+    -------
+    acts : name -> tensor ``(batch, [pos...], d)`` (the concatenated inputs of the module).
+    layouts : name -> :class:`InputLayout` (``"output"`` has a layout with one input).
+
+    Raises
+    ------
+    NodeLayerError
+        If a module is never called, called more than once, or the node layers are not in
+        forward order (the actual order is reported).
+    """
+    names = list(modules)
+    acts: dict[str, torch.Tensor] = {}
+    layouts: dict[str, InputLayout] = {}
+    order: list[str] = []
+    n_modules = sum(m is not None for m in modules.values())
+    stop_early = OUTPUT not in modules
+
+    def make_hook(name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            if name in acts:
+                raise NodeLayerError(
+                    f"module {name!r} is called more than once in one forward pass; a node "
+                    "layer must be a module that runs exactly once"
+                )
+            layouts[name], acts[name] = _layout_of(name, args)
+            order.append(name)
+            if stop_early and len(acts) == n_modules:
+                raise _StopForward
+
+        return hook
+
+    handles = [
+        m.register_forward_pre_hook(make_hook(n)) for n, m in modules.items() if m is not None
+    ]
+    try:
+        out = model(inputs)
+        if OUTPUT in modules:
+            acts[OUTPUT] = _output_tensor(out)
+            layouts[OUTPUT] = InputLayout((0,), (out.shape[-1],), tuple(out.shape[:-1]))
+            order.append(OUTPUT)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in names if n not in acts]
+    if missing:
+        raise NodeLayerError(
+            f"node layers {missing} were never called in the forward pass (called, in order: "
+            f"{order})"
+        )
+    if order != names:
+        raise NodeLayerError(
+            f"node layers must be given in forward order; the forward pass reaches them in the "
+            f"order {order}, but node_layers is {names}"
+        )
+    return acts, layouts
+
+
+def run_section(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    inject: tuple[str, nn.Module],
+    value: torch.Tensor,
+    layout: InputLayout,
+    read: tuple[str, nn.Module | None],
+) -> torch.Tensor:
+    """Run the model with the input of ``inject`` replaced by ``value``; return ``read``'s input.
+
+    Parameters
+    ----------
+    inputs : model input of the batch (needed to run the forward pass up to ``inject``).
+    inject : (name, module) whose input is substituted.
+    value : ``(batch, [pos...], d)`` activations in the concatenated layout ``layout``.
+    read : (name, module) whose input is returned; module ``None`` means the model output.
+
+    This function is pure in ``value`` and so can be differentiated with ``torch.func``.
+    """
+    inject_name, inject_module = inject
+    read_name, read_module = read
+    result: list[torch.Tensor] = []
+
+    def inject_hook(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        new_args = list(args)
+        pieces = torch.split(value, list(layout.split), dim=-1)
+        for pos, piece, old in zip(
+            layout.arg_positions, pieces, (args[p] for p in layout.arg_positions), strict=True
+        ):
+            new_args[pos] = piece.reshape(*piece.shape[:1], *old.shape[1:-1], piece.shape[-1])
+        return tuple(new_args)
+
+    def read_hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+        _, acts = _layout_of(read_name, args)
+        result.append(acts)
+        raise _StopForward
+
+    handles = [inject_module.register_forward_pre_hook(inject_hook)]
+    if read_module is not None:
+        handles.append(read_module.register_forward_pre_hook(read_hook))
+    try:
+        out = model(inputs)
+        result.append(_output_tensor(out))
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    if not result:
+        raise NodeLayerError(f"module {read_name!r} was not reached after {inject_name!r}")
+    return result[0]
+
+
+def check_cut(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    inject: tuple[str, nn.Module],
+    acts_in: torch.Tensor,
+    layout: InputLayout,
+    read: tuple[str, nn.Module | None],
+    acts_out: torch.Tensor,
+    rtol: float = 1e-6,
+) -> None:
+    """Check that ``read``'s input depends on the model input only through ``inject``'s input.
+
+    Substitutes the activations of the batch rolled by one sample into the forward pass of
+    the unrolled batch; for a cut the result is the rolled ``acts_out``. A residual
+    connection that bypasses ``inject`` breaks this. Needs a batch of at least two distinct
+    samples (otherwise nothing can be checked and nothing is raised).
+
+    Raises
+    ------
+    NodeLayerError
+        Naming both node layers, when the section is not a cut.
+    """
+    if inputs.shape[0] < 2:
+        return
+    rolled = torch.roll(acts_in, 1, dims=0)
+    if torch.equal(rolled, acts_in):
+        return
+    got = run_section(model, inputs, inject, rolled, layout, read)
+    want = torch.roll(acts_out, 1, dims=0)
+    scale = want.abs().max().clamp_min(torch.finfo(want.dtype).tiny)
+    err = (got - want).abs().max()
+    if not err <= rtol * scale:
+        raise NodeLayerError(
+            f"node layers {inject[0]!r} -> {read[0]!r} are not consecutive sections of the "
+            f"forward pass: with the input of {inject[0]!r} substituted, the input of "
+            f"{read[0]!r} still depends on the model input by another path (max deviation "
+            f"{float(err):.3g} relative to {float(scale):.3g}). A residual connection around "
+            f"{inject[0]!r} does this; choose node layers whose input carries the whole state "
+            "(e.g. residual-stream hook points)."
+        )
