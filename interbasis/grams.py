@@ -128,6 +128,70 @@ def units_per_chunk(
     return int(max(1, min(n_units, memory_budget // max(per_unit, 1))))
 
 
+Cotangents = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def batched_vjps(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    value: torch.Tensor,
+    n_units: int | Callable[[torch.Tensor], int],
+    cotangents: Cotangents,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """One forward pass of ``fn`` at ``value``, then VJPs for ``n_units`` cotangents in chunks.
+
+    ``n_units`` may be a function of the output ``out``. ``cotangents(units, out)`` returns
+    the cotangents of the given units, shape ``(len(units), *out.shape)``.
+    ``torch.func.vjp`` gives the pullback once; ``vmap`` runs it for a whole chunk of units
+    as one batched backward pass. Yields ``(units, grads)``
+    with ``grads`` of shape ``(len(units), *value.shape)``.
+    """
+    out, vjp_fn = torch.func.vjp(fn, value)[:2]
+    if callable(n_units):
+        n_units = n_units(out)
+    batch = value.shape[0]
+    chunk = units_per_chunk(batch, value[0].numel(), out[0].numel(), n_units, memory_budget)
+    batched_vjp = torch.func.vmap(vjp_fn)
+    for start in range(0, n_units, chunk):
+        units = torch.arange(start, min(start + chunk, n_units), device=out.device)
+        (grads,) = batched_vjp(cotangents(units, out))
+        yield slice(start, start + len(units)), grads
+
+
+def unit_cotangents(out_map: torch.Tensor) -> Cotangents:
+    """Cotangents of units ``u = t * k + i``: ``out_map[:, i]`` at output position t.
+
+    For an output ``out`` of shape ``(batch, P_out, d_out)`` this is the gradient of
+    ``out[:, t] @ out_map[:, i]`` summed over the batch (each sample's own gradient, since
+    samples do not interact).
+    """
+    k = out_map.shape[1]
+
+    def build(units: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        batch, p_out, d_out = out.shape
+        t, i = units // k, units % k
+        cot = out.new_zeros(len(units), p_out, d_out)
+        cot[torch.arange(len(units), device=out.device), t] = out_map[:, i].T.to(out.dtype)
+        return cot.unsqueeze(1).expand(len(units), batch, p_out, d_out)
+
+    return build
+
+
+def section_fn(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    inject: tuple[str, nn.Module],
+    layout: InputLayout,
+    read: tuple[str, nn.Module | None],
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``v -> f^{read}`` as ``(batch, P_out, d_out)``, with ``v`` substituted at ``inject``."""
+
+    def section(v: torch.Tensor) -> torch.Tensor:
+        return as_positions(run_section(model, inputs, inject, v, layout, read))
+
+    return section
+
+
 def section_vjps(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -141,9 +205,8 @@ def section_vjps(
     """Gradients of every output unit of a section with respect to its input, in chunks.
 
     Output units are ``(t, i)``: output position t and column i of ``out_map``, i.e. the
-    function ``f^{read}_t @ out_map[:, i]``. For each chunk of units yields
-    ``(units, grads)`` with ``grads`` of shape ``(len(units), batch, P_in, d_in)``, unit
-    index ``u = t * k + i``.
+    function ``f^{read}_t @ out_map[:, i]``, unit index ``u = t * k + i``. Yields
+    ``(units, grads)`` with ``grads`` of shape ``(len(units), batch, P_in, d_in)``.
 
     Parameters
     ----------
@@ -151,31 +214,17 @@ def section_vjps(
     out_map : ``(d_out, k)`` map applied to the read activations (e.g. ``C^{l+1}`` without
         its constant row and node).
     """
+    fn = section_fn(model, inputs, inject, layout, read)
 
-    def section(v: torch.Tensor) -> torch.Tensor:
-        return as_positions(run_section(model, inputs, inject, v, layout, read))
+    def n_units(out: torch.Tensor) -> int:
+        if out_map.shape[0] != out.shape[-1]:
+            raise ValueError(
+                f"out_map has {out_map.shape[0]} rows but {read[0]!r} has width {out.shape[-1]}"
+            )
+        return out.shape[1] * out_map.shape[1]
 
-    out, vjp_fn = torch.func.vjp(section, value)[:2]
-    batch, p_out, d_out = out.shape
-    if out_map.shape[0] != d_out:
-        raise ValueError(f"out_map has {out_map.shape[0]} rows but {read[0]!r} has width {d_out}")
-    out_map = out_map.to(out.dtype)
-    k = out_map.shape[1]
-    n_units = p_out * k
-    chunk = units_per_chunk(batch, value[0].numel(), out[0].numel(), n_units, memory_budget)
-    batched_vjp = torch.func.vmap(vjp_fn)
-    for start in range(0, n_units, chunk):
-        units = torch.arange(start, min(start + chunk, n_units), device=out.device)
-        t, i = units // k, units % k
-        # cotangent of unit (t, i): zero except out_map[:, i] at output position t
-        cot = out.new_zeros(len(units), p_out, d_out)
-        cot[torch.arange(len(units), device=out.device), t] = out_map[:, i].T
-        cot = cot.unsqueeze(1).expand(len(units), batch, p_out, d_out)
-        (grads,) = batched_vjp(cot)
-        yield (
-            slice(start, start + len(units)),
-            grads.reshape(len(units), batch, -1, value.shape[-1]),
-        )
+    for units, grads in batched_vjps(fn, value, n_units, unit_cotangents(out_map), memory_budget):
+        yield units, grads.reshape(grads.shape[0], value.shape[0], -1, value.shape[-1])
 
 
 def check_finite(t: torch.Tensor, what: str, layer: str, batch_index: int) -> None:
