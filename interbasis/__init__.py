@@ -12,6 +12,7 @@ from interbasis.errors import (
     RankError,
     ShapeError,
 )
+from interbasis.graph_build import build_graph
 from interbasis.grams import GramAccumulator
 
 __version__ = "0.1.0"
@@ -30,6 +31,7 @@ __all__ = [
     "__version__",
     "activation_grams",
     "build_bases",
+    "build_graph",
     "load_bases",
     "output_jacobian_gram",
     "save_bases",

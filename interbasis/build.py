@@ -137,7 +137,7 @@ def accumulate_activation_grams(run: Run, check_cuts: bool = True) -> dict[str, 
     return grams
 
 
-def _out_map(basis: Basis) -> torch.Tensor:
+def node_map(basis: Basis) -> torch.Tensor:
     """The part of ``C`` acting on the activations, non-constant nodes only ``(d, k)``."""
     return basis.C[:-1, 1:] if basis.has_constant else basis.C
 
@@ -204,21 +204,38 @@ def build_bases(
     >>> [b.name for b in bases]
     ['0', '2', 'output']
     """
+    check_basis_options(basis, scope, center, fold_bias)
+    run = prepare(
+        model, data, node_layers, dtype=dtype, device=device, batch_size=batch_size,
+        progress=progress, memory_budget=memory_budget,
+    )  # fmt: skip
+    accumulate_activation_grams(run, check_cuts=basis == "interaction")
+    return bases_for_run(run, basis, center, fold_bias, truncation, scope, final_basis)
+
+
+def check_basis_options(basis: str, scope: str, center: bool, fold_bias: bool) -> None:
+    """Raise ``ValueError`` for unknown or incompatible basis options."""
     if basis not in ("interaction", "pca", "neuron"):
         raise ValueError(f'basis must be "interaction", "pca" or "neuron", got {basis!r}')
     if scope not in ("local", "global"):
         raise ValueError(f'scope must be "local" or "global", got {scope!r}')
     if center and not fold_bias:
         raise ValueError("center=True needs fold_bias=True: the mean is carried by the constant")
-    run = prepare(
-        model, data, node_layers, dtype=dtype, device=device, batch_size=batch_size,
-        progress=progress, memory_budget=memory_budget,
-    )  # fmt: skip
-    accumulate_activation_grams(run, check_cuts=basis == "interaction")
+
+
+def bases_for_run(
+    run: Run,
+    basis: str,
+    center: bool,
+    fold_bias: bool,
+    truncation: Truncation,
+    scope: str,
+    final_basis: str,
+) -> list[Basis]:
+    """Bases from the Grams already on ``run``, output layer first (see :func:`build_bases`)."""
     names = run.names
-    bases: dict[str, Basis] = {
-        names[-1]: _final_basis(run, names[-1], final_basis, center, truncation)
-    }
+    last = _final_basis(run, names[-1], final_basis, center, truncation)
+    bases: dict[str, Basis] = {names[-1]: last}
     for i in range(len(names) - 2, -1, -1):
         name = names[i]
         g = run.grams[name]
@@ -233,7 +250,7 @@ def build_bases(
             target = names[i + 1] if scope == "local" else names[-1]
             M = jacobian_gram(
                 run.model, run.batches(f"M {name}"), run.injectable(name), run.module(target),
-                _out_map(bases[target]), run.memory_budget,
+                node_map(bases[target]), run.memory_budget,
             )  # fmt: skip
             bases[name] = interaction_basis(
                 name, g.mean, gram, M, center=center, fold_bias=fold_bias, truncation=truncation

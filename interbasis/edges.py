@@ -1,0 +1,234 @@
+"""Edge weights between the nodes of two consecutive node layers.
+
+All three kinds return ``E`` of shape ``(n_out, n_in)`` (float64, out x in), with zero rows and
+columns for constant nodes (DESIGN §4: the constant is not an input a module reads).
+
+- ``"squared"`` (default; DESIGN §4, integrated gradient at alpha = 1)::
+
+      E_ij = 1/(N P_in) sum_x sum_t [sum_s d f_hat^{l+1}_{t,i}/d f_hat^l_{s,j} f_hat^l_{s,j}]^2
+
+  input positions s are summed inside the square, output positions t outside it.
+- ``"functional"`` (seed 004 / rib's functional edges): integrated gradients of the squared
+  change of each output node along the straight path from the layer's mean
+  (non-constant nodes scaled by alpha) to the actual activations, with Gauss–Legendre
+  quadrature in alpha::
+
+      F_i(alpha) = sum_t (f_hat^{l+1}_{t,i}(1) - f_hat^{l+1}_{t,i}(alpha))^2
+      E_ij = -1/(N P_in) sum_x int_0^1 dalpha  sum_s dF_i/d f_hat^l_{s,j}(alpha) f_hat^l_{s,j}
+
+  By completeness ``sum_j E_ij = 1/(N P_in) sum_x F_i(0)``. Individual entries may be
+  negative (an attribution); :func:`interbasis.build_graph` stores their absolute values.
+- ``"weight"`` (linear sections only): the Jacobian is the same for every sample, so it is
+  computed once and combined with the second moments of ``f_hat^l``; equals "squared" there.
+
+The Jacobians are VJPs of chunks of output units under ``vmap`` (one forward pass per batch);
+each chunk is reduced at once, so memory does not grow with the dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from interbasis.basis import Basis
+from interbasis.capture import InputLayout, as_positions, capture
+from interbasis.errors import DataError, NonFiniteError
+from interbasis.grams import (
+    DEFAULT_MEMORY_BUDGET,
+    Cotangents,
+    batched_vjps,
+    section_fn,
+    section_vjps,
+)
+
+EdgeKind = Literal["squared", "functional", "weight"]
+EDGE_KINDS = ("squared", "functional", "weight")
+
+
+def _nonconstant_pinv(basis: Basis) -> torch.Tensor:
+    """Rows of ``C_pinv`` acting on the activations ``(n, d)``: ``d f / d f_hat``."""
+    return basis.C_pinv[:, :-1] if basis.has_constant else basis.C_pinv
+
+
+def _out_nodes(basis: Basis) -> tuple[torch.Tensor, int]:
+    """``(d_out, k)`` map to the non-constant output nodes, and the index of the first one."""
+    if basis.has_constant:
+        return basis.C[:-1, 1:], 1
+    return basis.C, 0
+
+
+def _inputs(
+    model: nn.Module, x: torch.Tensor, inject: tuple[str, nn.Module], basis_in: Basis
+) -> tuple[torch.Tensor, InputLayout, torch.Tensor]:
+    acts, layouts = capture(model, x, {inject[0]: inject[1]})
+    f = acts[inject[0]].detach()
+    if f.shape[-1] != basis_in.dim:
+        raise DataError(
+            f"basis of {basis_in.name!r} has width {basis_in.dim} but the activations of "
+            f"{inject[0]!r} have width {f.shape[-1]} (bases from another model?)"
+        )
+    f_hat = as_positions(basis_in.transform(f)).to(f.dtype)
+    return f, layouts[inject[0]], f_hat
+
+
+def _finish(
+    E: torch.Tensor, count: int, basis_in: Basis, basis_out: Basis, name: str
+) -> np.ndarray:
+    E = E.detach() / max(count, 1)
+    if not torch.isfinite(E).all():
+        raise NonFiniteError(f"non-finite edge weights between {name!r} and {basis_out.name!r}")
+    if basis_in.has_constant:
+        E[:, 0] = 0.0
+    if basis_out.has_constant:
+        E[0, :] = 0.0
+    return E.cpu().numpy()
+
+
+def squared_edges(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    inject: tuple[str, nn.Module],
+    read: tuple[str, nn.Module | None],
+    basis_in: Basis,
+    basis_out: Basis,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> np.ndarray:
+    """Squared integrated-gradient edges at alpha = 1 (DESIGN §4), ``(n_out, n_in)``."""
+    omap, first = _out_nodes(basis_out)
+    k = omap.shape[1]
+    E = torch.zeros(basis_out.n_nodes, basis_in.n_nodes, dtype=torch.float64)
+    count = 0
+    for x in batches:
+        f, layout, f_hat = _inputs(model, x, inject, basis_in)
+        pinv = _nonconstant_pinv(basis_in).to(f.device, f.dtype)
+        E = E.to(f.device)
+        count += f_hat.shape[0] * f_hat.shape[1]
+        with torch.no_grad():
+            for units, grads in section_vjps(
+                model, x, inject, f, layout, read, omap, memory_budget
+            ):
+                g_hat = grads @ pinv.T  # (c, b, P_in, n_in): d out_unit / d f_hat
+                a = torch.einsum("cbsj,bsj->cbj", g_hat, f_hat)
+                rows = first + torch.arange(units.start, units.stop, device=E.device) % k
+                E.index_add_(0, rows, a.pow(2).sum(1).to(torch.float64))
+    return _finish(E, count, basis_in, basis_out, inject[0])
+
+
+def gauss_legendre(n_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights of ``n_points``-point Gauss–Legendre quadrature on [0, 1]."""
+    if n_points < 1:
+        raise ValueError(f"n_points must be >= 1, got {n_points}")
+    nodes, weights = np.polynomial.legendre.leggauss(n_points)
+    return (nodes + 1) / 2, weights / 2
+
+
+def _path_cotangents(delta: torch.Tensor, om: torch.Tensor) -> Cotangents:
+    """Cotangents of ``F_i`` for output nodes i: ``dF_i/d out = -2 delta_{., ., i} om[:, i]``."""
+
+    def build(units: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        d = -2.0 * delta[..., units].permute(2, 0, 1)  # (c, b, P_out)
+        return d[..., None] * om[:, units].T[:, None, None, :]
+
+    return build
+
+
+def functional_edges(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    inject: tuple[str, nn.Module],
+    read: tuple[str, nn.Module | None],
+    basis_in: Basis,
+    basis_out: Basis,
+    n_points: int = 16,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> np.ndarray:
+    """Functional (alpha-integrated) edges, signed, ``(n_out, n_in)``; see module docstring.
+
+    The path keeps the constant node at 1 and scales the other nodes by alpha:
+    ``f(alpha) = f - (1 - alpha) (f_hat_{1:} @ C_pinv_{1:})``, so alpha = 1 is the actual
+    activation and alpha = 0 its mean (plus whatever lies outside the basis).
+    """
+    alphas, weights = gauss_legendre(n_points)
+    omap, first = _out_nodes(basis_out)
+    k = omap.shape[1]
+    E = torch.zeros(basis_out.n_nodes, basis_in.n_nodes, dtype=torch.float64)
+    count = 0
+    lo = 1 if basis_in.has_constant else 0
+    for x in batches:
+        f, layout, f_hat = _inputs(model, x, inject, basis_in)
+        pinv = _nonconstant_pinv(basis_in).to(f.device, f.dtype)
+        E = E.to(f.device)
+        om = omap.to(f.device, f.dtype)
+        count += f_hat.shape[0] * f_hat.shape[1]
+        fn = section_fn(model, x, inject, layout, read)
+        centred = (f_hat[..., lo:] @ pinv[lo:]).reshape(f.shape)  # f - mean, in the basis span
+        with torch.no_grad():
+            out_1 = fn(f) @ om  # (b, P_out, k)
+        for alpha, w in zip(alphas, weights, strict=True):
+            f_alpha = f - (1.0 - float(alpha)) * centred
+            with torch.no_grad():
+                delta = out_1 - fn(f_alpha) @ om
+            cotangents = _path_cotangents(delta, om)
+            with torch.no_grad():
+                for units, grads in batched_vjps(fn, f_alpha, k, cotangents, memory_budget):
+                    g = grads.reshape(units.stop - units.start, f.shape[0], -1, f.shape[-1])
+                    g_hat = g @ pinv.T
+                    a = torch.einsum("cbsj,bsj->cj", g_hat, f_hat)
+                    rows = first + torch.arange(units.start, units.stop, device=E.device)
+                    E.index_add_(0, rows, -float(w) * a.to(torch.float64))
+    return _finish(E, count, basis_in, basis_out, inject[0])
+
+
+def weight_edges(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    inject: tuple[str, nn.Module],
+    read: tuple[str, nn.Module | None],
+    basis_in: Basis,
+    basis_out: Basis,
+    rtol: float = 1e-8,
+) -> np.ndarray:
+    """Edges of a linear section from its (sample-independent) Jacobian ``(n_out, n_in)``.
+
+    ``J_hat[t, i, s, j]`` is taken at the first sample and checked against the first
+    batch: every sample's output must equal the affine prediction (relative ``rtol``),
+    otherwise the section is not linear and a :class:`DataError` names it. Then
+    ``E_ij = 1/(N P_in) sum_t sum_{s,s'} J_hat_{tisj} J_hat_{tis'j} S_{ss'j}`` with
+    ``S_{ss'j} = sum_x f_hat_{xsj} f_hat_{xs'j}``, which equals the squared edges.
+    """
+    omap, first = _out_nodes(basis_out)
+    J_hat: torch.Tensor | None = None
+    S: torch.Tensor | None = None
+    count = 0
+    for b, x in enumerate(batches):
+        f, layout, f_hat = _inputs(model, x, inject, basis_in)
+        if J_hat is None:
+            pinv = _nonconstant_pinv(basis_in).to(f.device, f.dtype)
+            with torch.no_grad():
+                vjps = section_vjps(model, x[:1], inject, f[:1], layout, read, omap)
+                grads = torch.cat([g for _, g in vjps])  # (P_out * k, 1, P_in, d)
+            J_hat = (grads[:, 0] @ pinv.T).reshape(-1, omap.shape[1], *f_hat.shape[1:])
+            fn = section_fn(model, x, inject, layout, read)
+            with torch.no_grad():
+                out = fn(f) @ omap.to(f.dtype)
+            pred = out[:1] + torch.einsum("tisj,bsj->bti", J_hat, f_hat - f_hat[:1])
+            err = (pred - out).abs().max()
+            if not err <= rtol * out.abs().max().clamp_min(1e-300):
+                raise DataError(
+                    f'edges="weight" needs a linear section, but {inject[0]!r} -> {read[0]!r} '
+                    f"is not linear on the data (deviation {float(err):.3g} in batch {b}); use "
+                    'edges="squared"'
+                )
+        S_b = torch.einsum("bsj,brj->srj", f_hat, f_hat).to(torch.float64)
+        S = S_b if S is None else S + S_b
+        count += f_hat.shape[0] * f_hat.shape[1]
+    assert J_hat is not None and S is not None  # iter_batches raises on empty data
+    Jd = J_hat.to(torch.float64)
+    E_nodes = torch.einsum("tisj,tirj,srj->ij", Jd, Jd, S)
+    E = torch.zeros(basis_out.n_nodes, basis_in.n_nodes, dtype=torch.float64, device=Jd.device)
+    E[first:] = E_nodes
+    return _finish(E, count, basis_in, basis_out, inject[0])
