@@ -12,8 +12,8 @@ from interbasis.errors import (
     RankError,
     ShapeError,
 )
-from interbasis.graph_build import build_graph
 from interbasis.grams import GramAccumulator
+from interbasis.graph_build import build_graph
 
 __version__ = "0.1.0"
 
