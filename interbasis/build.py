@@ -34,6 +34,7 @@ class Run:
     progress: bool
     memory_budget: int = DEFAULT_MEMORY_BUDGET
     grams: dict[str, GramAccumulator] = field(default_factory=dict)
+    n_samples: int = 0
 
     @property
     def names(self) -> list[str]:
@@ -113,7 +114,9 @@ def accumulate_activation_grams(run: Run, check_cuts: bool = True) -> dict[str, 
     sections of the forward pass (:func:`interbasis.capture.check_cut`).
     """
     grams: dict[str, GramAccumulator] = {}
+    run.n_samples = 0
     for b, x in enumerate(run.batches("activation Grams")):
+        run.n_samples += int(x.shape[0])
         with torch.no_grad():
             acts, layouts = capture(run.model, x, run.modules)
         for name, a in acts.items():
@@ -142,7 +145,7 @@ def node_map(basis: Basis) -> torch.Tensor:
     return basis.C[:-1, 1:] if basis.has_constant else basis.C
 
 
-def _final_basis(run: Run, name: str, kind: str, center: bool, truncation: Truncation) -> Basis:
+def final_basis_of(run: Run, name: str, kind: str, center: bool, truncation: Truncation) -> Basis:
     g = run.grams[name]
     if kind == "neuron":
         return neuron_basis(name, g.mean, g.covariance, fold_bias=False)
@@ -234,7 +237,7 @@ def bases_for_run(
 ) -> list[Basis]:
     """Bases from the Grams already on ``run``, output layer first (see :func:`build_bases`)."""
     names = run.names
-    last = _final_basis(run, names[-1], final_basis, center, truncation)
+    last = final_basis_of(run, names[-1], final_basis, center, truncation)
     bases: dict[str, Basis] = {names[-1]: last}
     for i in range(len(names) - 2, -1, -1):
         name = names[i]

@@ -88,6 +88,38 @@ def _finish(
     return E.cpu().numpy()
 
 
+class SquaredEdges:
+    """Streaming accumulator of squared edges from section VJPs (see module docstring).
+
+    ``add(acts_in, units, grads)`` takes the raw input activations of one batch and the
+    gradients of a chunk of output units ``(c, batch, P_in, d)`` as produced by
+    :func:`interbasis.grams.section_vjps` with ``out_map`` = the output basis' non-constant
+    nodes; chunks starting at unit 0 open a new batch for the normalisation.
+    """
+
+    def __init__(self, basis_in: Basis, basis_out: Basis) -> None:
+        self.basis_in, self.basis_out = basis_in, basis_out
+        omap, self.first = _out_nodes(basis_out)
+        self.k = omap.shape[1]
+        self.E = torch.zeros(basis_out.n_nodes, basis_in.n_nodes, dtype=torch.float64)
+        self.count = 0
+
+    def add(self, acts_in: torch.Tensor, units: slice, grads: torch.Tensor) -> None:
+        f_hat = as_positions(self.basis_in.transform(acts_in)).to(grads.dtype)
+        if units.start == 0:
+            self.count += f_hat.shape[0] * f_hat.shape[1]
+        pinv = _nonconstant_pinv(self.basis_in).to(grads.device, grads.dtype)
+        self.E = self.E.to(grads.device)
+        g_hat = grads @ pinv.T  # (c, b, P_in, n_in): d out_unit / d f_hat
+        a = torch.einsum("cbsj,bsj->cbj", g_hat, f_hat)
+        rows = self.first + torch.arange(units.start, units.stop, device=self.E.device) % self.k
+        self.E.index_add_(0, rows, a.pow(2).sum(1).to(torch.float64))
+
+    def value(self, name: str) -> np.ndarray:
+        """``(n_out, n_in)`` edges, normalised by ``N * P_in``."""
+        return _finish(self.E, self.count, self.basis_in, self.basis_out, name)
+
+
 def squared_edges(
     model: nn.Module,
     batches: Iterable[torch.Tensor],
@@ -98,24 +130,16 @@ def squared_edges(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> np.ndarray:
     """Squared integrated-gradient edges at alpha = 1 (DESIGN §4), ``(n_out, n_in)``."""
-    omap, first = _out_nodes(basis_out)
-    k = omap.shape[1]
-    E = torch.zeros(basis_out.n_nodes, basis_in.n_nodes, dtype=torch.float64)
-    count = 0
+    acc = SquaredEdges(basis_in, basis_out)
+    omap = _out_nodes(basis_out)[0]
     for x in batches:
-        f, layout, f_hat = _inputs(model, x, inject, basis_in)
-        pinv = _nonconstant_pinv(basis_in).to(f.device, f.dtype)
-        E = E.to(f.device)
-        count += f_hat.shape[0] * f_hat.shape[1]
+        f, layout, _ = _inputs(model, x, inject, basis_in)
         with torch.no_grad():
             for units, grads in section_vjps(
                 model, x, inject, f, layout, read, omap, memory_budget
             ):
-                g_hat = grads @ pinv.T  # (c, b, P_in, n_in): d out_unit / d f_hat
-                a = torch.einsum("cbsj,bsj->cbj", g_hat, f_hat)
-                rows = first + torch.arange(units.start, units.stop, device=E.device) % k
-                E.index_add_(0, rows, a.pow(2).sum(1).to(torch.float64))
-    return _finish(E, count, basis_in, basis_out, inject[0])
+                acc.add(f, units, grads)
+    return acc.value(inject[0])
 
 
 def gauss_legendre(n_points: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,18 +12,27 @@ import torch
 from torch import nn
 
 from graphs import InteractionGraph, NodeLayer
-from interbasis.basis import Basis, Truncation
+from interbasis.basis import Basis, Truncation, interaction_basis
 from interbasis.build import (
     BasisKind,
     Run,
     accumulate_activation_grams,
     bases_for_run,
     check_basis_options,
+    final_basis_of,
+    node_map,
     prepare,
 )
-from interbasis.edges import EDGE_KINDS, EdgeKind, functional_edges, squared_edges, weight_edges
+from interbasis.edges import (
+    EDGE_KINDS,
+    EdgeKind,
+    SquaredEdges,
+    functional_edges,
+    squared_edges,
+    weight_edges,
+)
 from interbasis.errors import ShapeError
-from interbasis.grams import DEFAULT_MEMORY_BUDGET
+from interbasis.grams import DEFAULT_MEMORY_BUDGET, jacobian_gram
 
 
 def _check_bases(run: Run, bases: Sequence[Basis]) -> None:
@@ -58,6 +67,59 @@ def node_layer(basis: Basis, covariance: torch.Tensor) -> NodeLayer:
     )
 
 
+DEFAULT_JACOBIAN_CACHE = 2**30
+
+
+class _JacobianCache:
+    """Keeps ``(acts_in, units, grads)`` of one section while they fit in ``limit`` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.size, self.overflow = limit, 0, False
+        self.items: list[tuple[torch.Tensor, slice, torch.Tensor]] = []
+
+    def __call__(self, _batch: int, acts_in: torch.Tensor, units: slice, g: torch.Tensor) -> None:
+        if self.overflow:
+            return
+        self.size += g.numel() * g.element_size() + acts_in.numel() * acts_in.element_size()
+        if self.size > self.limit:
+            self.items, self.overflow = [], True
+        else:
+            self.items.append((acts_in, units, g))
+
+
+def _local_bases_and_squared_edges(
+    run: Run,
+    matrices: dict[int, np.ndarray],
+    center: bool,
+    fold_bias: bool,
+    truncation: Truncation,
+    final_basis: str,
+    cache_limit: int,
+) -> list[Basis]:
+    """Local interaction bases, output first, with each section's squared edges computed
+    from the same VJPs as its M when they fit in the cache (one pass per section)."""
+    names = run.names
+    bases = {names[-1]: final_basis_of(run, names[-1], final_basis, center, truncation)}
+    for i in range(len(names) - 2, -1, -1):
+        name, nxt = names[i], names[i + 1]
+        g = run.grams[name]
+        cache = _JacobianCache(cache_limit)
+        M = jacobian_gram(
+            run.model, run.batches(f"M {name}"), run.injectable(name), run.module(nxt),
+            node_map(bases[nxt]), run.memory_budget, consumers=[cache],
+        )  # fmt: skip
+        gram = g.covariance if center else g.second_moment
+        bases[name] = interaction_basis(
+            name, g.mean, gram, M, center=center, fold_bias=fold_bias, truncation=truncation
+        )
+        if not cache.overflow:
+            acc = SquaredEdges(bases[name], bases[nxt])
+            for acts_in, units, grads in cache.items:
+                acc.add(acts_in, units, grads)
+            matrices[i] = acc.value(name)
+    return [bases[n] for n in names]
+
+
 def _model_description(model: nn.Module) -> dict[str, Any]:
     cfg = getattr(model, "cfg", None)
     return {
@@ -86,6 +148,7 @@ def build_graph(
     final_basis: Literal["neuron", "pca"] = "neuron",
     n_points: int = 16,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    jacobian_cache: int = DEFAULT_JACOBIAN_CACHE,
 ) -> InteractionGraph:
     """The interaction graph of a model on data (DESIGN §3 and §5).
 
@@ -97,6 +160,10 @@ def build_graph(
     bases : precomputed bases for these node layers (e.g. from :func:`build_bases` or
         :func:`interbasis.load_bases`); then no basis is recomputed and ``basis`` and the
         basis options only describe them in the metadata.
+    jacobian_cache : bytes of section Jacobians kept between computing a layer's M and its
+        squared edges (local interaction basis), which then need no second pass over the
+        data; when a section's Jacobians exceed it they are recomputed instead, so memory
+        stays bounded whatever the dataset size. ``0`` always recomputes.
 
     Returns
     -------
@@ -126,29 +193,35 @@ def build_graph(
         progress=progress, memory_budget=memory_budget,
     )  # fmt: skip
     accumulate_activation_grams(run, check_cuts=True)
-    if bases is None:
+    names = run.names
+    given = bases is not None
+    matrices: dict[int, np.ndarray] = {}
+    if bases is None and basis == "interaction" and scope == "local" and edges == "squared":
+        bases = _local_bases_and_squared_edges(
+            run, matrices, center, fold_bias, truncation, final_basis, jacobian_cache
+        )
+    elif bases is None:
         bases = bases_for_run(run, basis, center, fold_bias, truncation, scope, final_basis)
     else:
         _check_bases(run, bases)
-    names = run.names
-    matrices = []
-    for lo, hi in itertools.pairwise(names):
-        b_in, b_out = bases[names.index(lo)], bases[names.index(hi)]
+    for i, (lo, hi) in enumerate(itertools.pairwise(names)):
+        if i in matrices:
+            continue
+        b_in, b_out = bases[i], bases[i + 1]
         args = (run.model, run.batches(f"edges {lo}"), run.injectable(lo), run.module(hi))
         if edges == "squared":
-            E = squared_edges(*args, b_in, b_out, run.memory_budget)
+            matrices[i] = squared_edges(*args, b_in, b_out, run.memory_budget)
         elif edges == "functional":
-            E = np.abs(functional_edges(*args, b_in, b_out, n_points, run.memory_budget))
+            matrices[i] = np.abs(functional_edges(*args, b_in, b_out, n_points, run.memory_budget))
         else:
-            E = weight_edges(*args, b_in, b_out)
-        matrices.append(E)
+            matrices[i] = weight_edges(*args, b_in, b_out)
     layers = [node_layer(b, run.grams[b.name].covariance) for b in bases]
-    n_samples = sum(int(x.shape[0]) for x in run.batches())
     metadata = {
         "interbasis_version": __version__,
         "model": _model_description(model),
         "node_layers": names,
-        "basis": basis if bases is None else [b.kind for b in bases],
+        "basis": [b.kind for b in bases] if given else basis,
+        "bases_given": given,
         "edges": edges,
         "center": center,
         "fold_bias": fold_bias,
@@ -159,7 +232,7 @@ def build_graph(
         "dtype": str(dtype),
         "device": str(run.device),
         "batch_size": batch_size,
-        "n_samples": n_samples,
+        "n_samples": run.n_samples,
         "seconds": round(time.time() - started, 3),
     }
-    return InteractionGraph(layers, matrices, metadata)
+    return InteractionGraph(layers, [matrices[i] for i in range(len(names) - 1)], metadata)
