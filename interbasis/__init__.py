@@ -9,6 +9,7 @@ from interbasis.errors import (
     InterbasisError,
     NodeLayerError,
     NonFiniteError,
+    NotPiecewiseLinearError,
     RankError,
     ShapeError,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "InterbasisError",
     "NodeLayerError",
     "NonFiniteError",
+    "NotPiecewiseLinearError",
     "RankError",
     "ShapeError",
     "__version__",

@@ -36,3 +36,7 @@ class FormatError(InterbasisError, ValueError):
 
 class ShapeError(InterbasisError, ValueError):
     """Arrays whose shapes do not fit together."""
+
+
+class NotPiecewiseLinearError(InterbasisError, TypeError):
+    """The model is not a chain of linear maps and ReLU / leaky-ReLU gates."""
