@@ -1,0 +1,122 @@
+"""The training loss as a function of the flat parameter vector ``theta``.
+
+Every curvature object in this package differentiates one function,
+
+.. math::
+    L(\\theta) = \\sum_b \\frac{n_b}{N}\\, \\ell\\big(f(X_b; \\theta), Y_b\\big),
+
+the data-weighted average of ``loss_fn`` over the batches ``(X_b, Y_b)`` (exact for losses
+that average over their batch, e.g. ``reduction="mean"``; with a summing loss pass a single
+batch). The model is evaluated with :func:`torch.func.functional_call` on parameters, buffers
+and floating-point data cast to ``dtype`` (float64 by default), so the model itself is left
+untouched and the derivatives are float64 even for a float32 model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch.func import functional_call
+
+from interbasis.curvature.params import ParamLayout
+from interbasis.errors import DataError, ShapeError
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.detach().to(dtype) if t.is_floating_point() else t.detach()
+
+
+def as_batches(data: Batch | Iterable[Batch], dtype: torch.dtype) -> list[Batch]:
+    """Normalise ``data`` — one ``(inputs, targets)`` pair or an iterable of them."""
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        pairs: list[Any] = [data]
+    elif isinstance(data, torch.Tensor):
+        raise DataError(
+            "curvature needs (inputs, targets) pairs to evaluate the loss, got a single tensor "
+            f"of shape {tuple(data.shape)}"
+        )
+    else:
+        pairs = list(data)
+    if not pairs:
+        raise DataError("curvature: data is empty")
+    out = []
+    for i, pair in enumerate(pairs):
+        if not (isinstance(pair, Sequence) and len(pair) >= 2):
+            raise DataError(f"batch {i} is not an (inputs, targets) pair: {type(pair).__name__}")
+        x, y = pair[0], pair[1]
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise DataError(f"batch {i}: inputs and targets must be tensors")
+        if x.ndim == 0 or x.shape[0] == 0:
+            raise DataError(f"batch {i}: inputs of shape {tuple(x.shape)} hold no samples")
+        out.append((_cast(x, dtype), _cast(y, dtype)))
+    return out
+
+
+class Objective:
+    """``theta -> L(theta)`` for ``model``, ``loss_fn`` and ``data`` (see module docstring).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Any module whose forward takes the batch inputs; it must not mix samples of a batch
+        (no batch norm in train mode) for the per-sample quantities of :mod:`.kfac`.
+    loss_fn : callable
+        ``loss_fn(outputs, targets) -> scalar tensor``.
+    data : (inputs, targets) or iterable of such pairs
+    params : sequence of str, optional
+        Parameter names to differentiate; default all with ``requires_grad=True``.
+    dtype : torch.dtype
+        Dtype of every evaluation (float64 default).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss_fn: LossFn,
+        data: Batch | Iterable[Batch],
+        params: Sequence[str] | None = None,
+        dtype: torch.dtype = torch.float64,
+        layout: ParamLayout | None = None,
+    ) -> None:
+        self.model = model
+        self.loss_fn = loss_fn
+        self.dtype = dtype
+        self.layout = layout if layout is not None else ParamLayout.from_model(model, params)
+        self.batches = as_batches(data, dtype)
+        sizes = [x.shape[0] for x, _ in self.batches]
+        self.weights = [n / sum(sizes) for n in sizes]
+        self.n_samples = sum(sizes)
+        self.theta = self.layout.gather(model, dtype)
+        chosen = set(self.layout.names)
+        self._fixed = {n: _cast(p, dtype) for n, p in model.named_parameters() if n not in chosen}
+        self._fixed.update({n: _cast(b, dtype) for n, b in model.named_buffers()})
+        x0, y0 = self.batches[0]
+        with torch.no_grad():
+            value = self.batch_loss(self.theta, x0, y0)
+        if value.ndim != 0:
+            raise ShapeError(
+                f"loss_fn returned a tensor of shape {tuple(value.shape)}; curvature needs a "
+                "scalar loss (e.g. reduction='mean')"
+            )
+
+    def outputs(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Model outputs at parameters ``theta`` (P,) on inputs ``x``."""
+        tensors = {**self._fixed, **self.layout.unflatten(theta)}
+        return functional_call(self.model, tensors, (x,))
+
+    def batch_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``loss_fn(f(x; theta), y)`` for one batch."""
+        return self.loss_fn(self.outputs(theta, x), y)
+
+    def loss(self, theta: torch.Tensor) -> torch.Tensor:
+        """The data-weighted loss ``L(theta)`` over all batches."""
+        total = sum(
+            w * self.batch_loss(theta, x, y)
+            for w, (x, y) in zip(self.weights, self.batches, strict=True)
+        )
+        return torch.as_tensor(total)

@@ -1,0 +1,131 @@
+"""Matrix-free curvature operators: the shared ``scipy.sparse.linalg.LinearOperator`` base.
+
+A subclass supplies one batched product ``(x, y, V) -> C_b V`` for a batch ``b`` and a
+block of columns ``V`` of shape ``(P, m)``; the base class sums it over batches with the
+weights of :class:`~interbasis.curvature.objective.Objective`, cuts wide blocks into chunks
+of ``chunk_size`` columns (each chunk one :func:`torch.vmap` call), checks every product for
+NaN/Inf and bridges numpy (scipy's side: float64 arrays) and torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import LinearOperator
+
+from interbasis.curvature.objective import Objective
+from interbasis.curvature.params import ParamLayout
+from interbasis.errors import DataError, NonFiniteError
+
+
+class CurvatureOperator(LinearOperator):
+    """Symmetric ``(P, P)`` curvature matrix of ``objective`` applied matrix-free.
+
+    The parameters are a snapshot taken when the objective was built: after the model
+    changes, build a new operator.
+
+    Attributes
+    ----------
+    objective : Objective
+    layout : ParamLayout
+    n_products : int
+        Number of matrix-vector products computed so far (columns, summed over calls).
+    """
+
+    kind = "curvature"
+
+    def __init__(self, objective: Objective, chunk_size: int = 64) -> None:
+        p = objective.layout.size
+        super().__init__(dtype=np.dtype(np.float64), shape=(p, p))
+        self.objective = objective
+        self.layout: ParamLayout = objective.layout
+        self.chunk_size = int(chunk_size)
+        self.n_products = 0
+
+    # subclasses implement this: (P, m) -> (P, m) for one batch, vmapped over columns
+    def _batch_matmat(self, x: torch.Tensor, y: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def matmat_torch(self, V: torch.Tensor) -> torch.Tensor:
+        """``C @ V`` for ``V`` of shape ``(P,)`` or ``(P, m)`` as a torch tensor."""
+        obj = self.objective
+        vec = V.ndim == 1
+        V2 = V.reshape(V.shape[0], -1).to(obj.dtype)
+        if V2.shape[0] != self.shape[0]:
+            raise DataError(
+                f"{self.kind}: vector of length {V2.shape[0]}, expected {self.shape[0]}"
+            )
+        chunks = []
+        for start in range(0, V2.shape[1], self.chunk_size):
+            block = V2[:, start : start + self.chunk_size]
+            acc = torch.zeros_like(block)
+            for w, (x, y) in zip(obj.weights, obj.batches, strict=True):
+                acc += w * self._batch_matmat(x, y, block)
+            self._check_finite(acc)
+            self.n_products += block.shape[1]
+            chunks.append(acc)
+        out = torch.cat(chunks, dim=1) if chunks else torch.zeros_like(V2)
+        return out.reshape(-1) if vec else out
+
+    def _check_finite(self, out: torch.Tensor) -> None:
+        """Raise if a column of this chunk (products ``n_products + 1, ...``) has NaN/Inf."""
+        bad = ~torch.isfinite(out)
+        if bool(bad.any()):
+            row = int(bad.any(dim=1).nonzero()[0])
+            column = int(bad.any(dim=0).nonzero()[0])
+            name = next(n for n, s in self.layout.slices.items() if s.start <= row < s.stop)
+            raise NonFiniteError(
+                f"{self.kind}-vector product #{self.n_products + column + 1} is not finite: "
+                f"{int(bad.sum())} NaN/Inf entries, the first in parameter {name!r}"
+            )
+
+    def _matmat(self, X: np.ndarray) -> np.ndarray:
+        V = torch.as_tensor(np.asarray(X, dtype=np.float64))
+        return self.matmat_torch(V).to(torch.float64).numpy()
+
+    def _matvec(self, x: np.ndarray) -> np.ndarray:
+        return self._matmat(np.asarray(x).reshape(-1, 1)).reshape(-1)
+
+    def _adjoint(self) -> CurvatureOperator:
+        return self
+
+    def to_dense(self) -> torch.Tensor:
+        """The full ``(P, P)`` float64 matrix, from ``P`` products with the identity."""
+        return self.matmat_torch(torch.eye(self.shape[0], dtype=torch.float64)).to(torch.float64)
+
+    def restrict(self, names: Sequence[str]) -> RestrictedOperator:
+        """The diagonal block ``C[idx, idx]`` for the parameters ``names``, matrix-free."""
+        return RestrictedOperator(self, self.layout.indices(names))
+
+
+class RestrictedOperator(LinearOperator):
+    """Diagonal block ``C[idx, idx]`` of a :class:`CurvatureOperator` (``u -> (C [u]_idx)_idx``)."""
+
+    def __init__(self, parent: CurvatureOperator, idx: torch.Tensor) -> None:
+        super().__init__(dtype=np.dtype(np.float64), shape=(len(idx), len(idx)))
+        self.parent = parent
+        self.idx = idx
+
+    def matmat_torch(self, U: torch.Tensor) -> torch.Tensor:
+        """``C[idx, idx] @ U`` for ``U`` of shape ``(len(idx),)`` or ``(len(idx), m)``."""
+        vec = U.ndim == 1
+        U2 = U.reshape(U.shape[0], -1)
+        full = torch.zeros(self.parent.shape[0], U2.shape[1], dtype=torch.float64)
+        full[self.idx] = U2.to(torch.float64)
+        out = self.parent.matmat_torch(full)[self.idx]
+        return out.reshape(-1) if vec else out
+
+    def _matmat(self, X: np.ndarray) -> np.ndarray:
+        return self.matmat_torch(torch.as_tensor(np.asarray(X, dtype=np.float64))).numpy()
+
+    def _matvec(self, x: np.ndarray) -> np.ndarray:
+        return self._matmat(np.asarray(x).reshape(-1, 1)).reshape(-1)
+
+    def _adjoint(self) -> RestrictedOperator:
+        return self
+
+    def to_dense(self) -> torch.Tensor:
+        """The block as a dense float64 matrix."""
+        return self.matmat_torch(torch.eye(self.shape[0], dtype=torch.float64))
