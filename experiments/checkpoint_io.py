@@ -217,3 +217,21 @@ def read_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     except Exception as err:
         raise FormatError(f"{path}: cannot unpickle its 'extra' section: {err}") from err
     return obj
+
+
+def task_for_checkpoint(path: str | os.PathLike[str]) -> Task:
+    """The task a checkpoint was trained on: from rib's ``config.yaml`` beside a TransformerLens
+    state dict, or from the training config stored in our training checkpoints / run dirs."""
+    path = Path(path)
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        path = latest_checkpoint(path)
+    elif path.is_dir():
+        candidates = sorted(path.glob("*.pt"))
+        if len(candidates) != 1:
+            raise FormatError(f"{path} holds {len(candidates)} *.pt files; pass one file")
+        path = candidates[0]
+    if (path.parent / "config.yaml").is_file():
+        return modular_task_from_rib_config(read_rib_config(path)["dataset"])
+    from experiments.train import TrainConfig, build_task
+
+    return build_task(TrainConfig(**read_training_checkpoint(path)["train_config"]))
