@@ -6,6 +6,7 @@ import copy
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -16,7 +17,8 @@ from interbasis.basis import Basis, Truncation, interaction_basis, neuron_basis,
 from interbasis.capture import OUTPUT, capture, check_cut, resolve_node_layers
 from interbasis.data import check_data, iter_batches
 from interbasis.errors import DataError, NodeLayerError
-from interbasis.grams import DEFAULT_MEMORY_BUDGET, GramAccumulator, check_finite, jacobian_gram
+from interbasis.grams import GramAccumulator, check_finite
+from interbasis.jacobians import DEFAULT_MEMORY_BUDGET, jacobian_gram
 
 BasisKind = Literal["interaction", "pca", "neuron"]
 
@@ -252,8 +254,8 @@ def bases_for_run(
         else:
             target = names[i + 1] if scope == "local" else names[-1]
             M = jacobian_gram(
-                run.model, run.batches(f"M {name}"), run.injectable(name), run.module(target),
-                node_map(bases[target]), run.memory_budget,
+                run.model, partial(run.batches, f"M {name}"), run.injectable(name),
+                run.module(target), node_map(bases[target]), run.memory_budget,
             )  # fmt: skip
             bases[name] = interaction_basis(
                 name, g.mean, gram, M, center=center, fold_bias=fold_bias, truncation=truncation
@@ -314,6 +316,6 @@ def output_jacobian_gram(
     elif out_map.ndim != 2 or out_map.shape[0] != width:
         raise DataError(f"out_map must have shape ({width}, k), got {tuple(out_map.shape)}")
     return jacobian_gram(
-        run.model, run.batches(f"K {wrt}"), run.injectable(wrt), run.module(of),
+        run.model, lambda: run.batches(f"K {wrt}"), run.injectable(wrt), run.module(of),
         out_map.to(run.device), memory_budget,
     )  # fmt: skip

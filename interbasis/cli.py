@@ -155,12 +155,23 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     graph = sub.add_parser("graph", help="interaction graph of a checkpoint")
-    graph.add_argument("checkpoint", help="TransformerLens state dict (config.yaml beside it), "
-                       "training checkpoint step_*.pt or run directory")  # fmt: skip
-    graph.add_argument("--layers", nargs="+", required=True, help="node layers (module names, "
-                       'then optionally "output"), in forward order')  # fmt: skip
-    graph.add_argument("--data", default="train", help="train, test, all (the checkpoint's "
-                       "task) or a file holding a tensor of model inputs (default train)")  # fmt: skip
+    graph.add_argument(
+        "checkpoint",
+        help="TransformerLens state dict (config.yaml beside it), training checkpoint "
+        "step_*.pt or run directory",
+    )
+    graph.add_argument(
+        "--layers",
+        nargs="+",
+        required=True,
+        help='node layers (module names, then optionally "output"), in forward order',
+    )
+    graph.add_argument(
+        "--data",
+        default="train",
+        help="train, test, all (the checkpoint's task) or a file holding a tensor of model "
+        "inputs (default train)",
+    )
     graph.add_argument("--out", required=True, help="output directory")
     graph.add_argument("--basis", default="interaction", choices=["interaction", "pca", "neuron"])
     graph.add_argument("--edges", default="squared", choices=["squared", "functional", "weight"])

@@ -37,7 +37,7 @@ from torch import nn
 from interbasis.basis import Basis
 from interbasis.capture import InputLayout, as_positions, capture
 from interbasis.errors import DataError, NonFiniteError
-from interbasis.grams import (
+from interbasis.jacobians import (
     DEFAULT_MEMORY_BUDGET,
     Cotangents,
     batched_vjps,

@@ -12,20 +12,15 @@
 Positions (DESIGN §4): ``M = sum_{x,t,i,s} J_{t i s .}^T J_{t i s .} / (N P_in)`` — summed over
 output positions t and output directions i, diagonal in input position s.
 
-Jacobians come from ``torch.func.vjp`` with ``torch.func.vmap`` over chunks of output units
-(one forward pass per batch, many batched backward passes), sized to a memory budget; the
-accumulation of ``M`` is one GEMM per chunk.
+The Jacobians themselves are computed in :mod:`interbasis.jacobians`; the accumulation of
+``M`` is one GEMM per chunk of output units.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-
 import torch
-from torch import nn
 
-from interbasis.capture import InputLayout, as_positions, capture, run_section
-from interbasis.errors import DataError, NonFiniteError
+from interbasis.errors import NonFiniteError
 
 DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes for one chunk of batched VJPs
 
@@ -116,117 +111,6 @@ class JacobianGramAccumulator:
         return self._sum / max(self.count, 1)
 
 
-def units_per_chunk(
-    batch: int, numel_in: int, numel_out: int, n_units: int, memory_budget: int
-) -> int:
-    """Output units per vmapped VJP chunk so that one chunk fits ``memory_budget`` bytes.
-
-    The estimate counts, per unit and sample, the cotangent, the gradient and a few buffers
-    of the backward pass of the same sizes (8 bytes each, float64).
-    """
-    per_unit = 8 * batch * (4 * numel_in + 2 * numel_out)
-    return int(max(1, min(n_units, memory_budget // max(per_unit, 1))))
-
-
-Cotangents = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def batched_vjps(
-    fn: Callable[[torch.Tensor], torch.Tensor],
-    value: torch.Tensor,
-    n_units: int | Callable[[torch.Tensor], int],
-    cotangents: Cotangents,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-) -> Iterator[tuple[slice, torch.Tensor]]:
-    """One forward pass of ``fn`` at ``value``, then VJPs for ``n_units`` cotangents in chunks.
-
-    ``n_units`` may be a function of the output ``out``. ``cotangents(units, out)`` returns
-    the cotangents of the given units, shape ``(len(units), *out.shape)``.
-    ``torch.func.vjp`` gives the pullback once; ``vmap`` runs it for a whole chunk of units
-    as one batched backward pass. Yields ``(units, grads)``
-    with ``grads`` of shape ``(len(units), *value.shape)``.
-    """
-    out, vjp_fn = torch.func.vjp(fn, value)[:2]
-    if callable(n_units):
-        n_units = n_units(out)
-    batch = value.shape[0]
-    chunk = units_per_chunk(batch, value[0].numel(), out[0].numel(), n_units, memory_budget)
-    batched_vjp = torch.func.vmap(vjp_fn)
-    for start in range(0, n_units, chunk):
-        units = torch.arange(start, min(start + chunk, n_units), device=out.device)
-        (grads,) = batched_vjp(cotangents(units, out))
-        yield slice(start, start + len(units)), grads
-
-
-def unit_cotangents(out_map: torch.Tensor) -> Cotangents:
-    """Cotangents of units ``u = t * k + i``: ``out_map[:, i]`` at output position t.
-
-    For an output ``out`` of shape ``(batch, P_out, d_out)`` this is the gradient of
-    ``out[:, t] @ out_map[:, i]`` summed over the batch (each sample's own gradient, since
-    samples do not interact).
-    """
-    k = out_map.shape[1]
-
-    def build(units: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        batch, p_out, d_out = out.shape
-        t, i = units // k, units % k
-        cot = out.new_zeros(len(units), p_out, d_out)
-        cot[torch.arange(len(units), device=out.device), t] = out_map[:, i].T.to(out.dtype)
-        return cot.unsqueeze(1).expand(len(units), batch, p_out, d_out)
-
-    return build
-
-
-def section_fn(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    inject: tuple[str, nn.Module],
-    layout: InputLayout,
-    read: tuple[str, nn.Module | None],
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``v -> f^{read}`` as ``(batch, P_out, d_out)``, with ``v`` substituted at ``inject``."""
-
-    def section(v: torch.Tensor) -> torch.Tensor:
-        return as_positions(run_section(model, inputs, inject, v, layout, read))
-
-    return section
-
-
-def section_vjps(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    inject: tuple[str, nn.Module],
-    value: torch.Tensor,
-    layout: InputLayout,
-    read: tuple[str, nn.Module | None],
-    out_map: torch.Tensor,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Gradients of every output unit of a section with respect to its input, in chunks.
-
-    Output units are ``(t, i)``: output position t and column i of ``out_map``, i.e. the
-    function ``f^{read}_t @ out_map[:, i]``, unit index ``u = t * k + i``. Yields
-    ``(units, grads)`` with ``grads`` of shape ``(len(units), batch, P_in, d_in)``.
-
-    Parameters
-    ----------
-    value : ``(batch, [pos], d_in)`` the activations at ``inject`` for ``inputs``.
-    out_map : ``(d_out, k)`` map applied to the read activations (e.g. ``C^{l+1}`` without
-        its constant row and node).
-    """
-    fn = section_fn(model, inputs, inject, layout, read)
-
-    def n_units(out: torch.Tensor) -> int:
-        if out_map.shape[0] != out.shape[-1]:
-            raise ValueError(
-                f"out_map has {out_map.shape[0]} rows but {read[0]!r} has width {out.shape[-1]}"
-            )
-        return out.shape[1] * out_map.shape[1]
-
-    for units, grads in batched_vjps(fn, value, n_units, unit_cotangents(out_map), memory_budget):
-        yield units, grads.reshape(grads.shape[0], value.shape[0], -1, value.shape[-1])
-
-
 def check_finite(t: torch.Tensor, what: str, layer: str, batch_index: int) -> None:
     """Raise :class:`NonFiniteError` naming the layer and batch if ``t`` has NaN or Inf."""
     if not torch.isfinite(t).all():
@@ -236,52 +120,3 @@ def check_finite(t: torch.Tensor, what: str, layer: str, batch_index: int) -> No
             f"batch {batch_index}"
         )
 
-
-def jacobian_gram(
-    model: nn.Module,
-    batches: Iterable[torch.Tensor],
-    inject: tuple[str, nn.Module],
-    read: tuple[str, nn.Module | None],
-    out_map: torch.Tensor,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    consumers: list[Callable[[int, torch.Tensor, slice, torch.Tensor], None]] | None = None,
-) -> torch.Tensor:
-    """``E[J^T J]`` of ``f^{read} @ out_map`` with respect to the input of ``inject``.
-
-    Parameters
-    ----------
-    batches : model inputs (already on the model's device and dtype).
-    inject, read : ``(name, module)`` of the two node layers; ``read`` module ``None`` is
-        the model output. The section between them must be a cut (:func:`check_cut`).
-    out_map : ``(d_read, k)`` applied to the read activations.
-    consumers : optional callbacks ``(batch_index, acts_in, units, grads)`` that reuse the
-        same VJPs (edges, diagnostics).
-
-    Returns
-    -------
-    ``(d_in, d_in)`` float64, normalised by ``N * P_in`` (DESIGN §4).
-
-    Raises
-    ------
-    NonFiniteError
-        If a Jacobian has NaN/Inf (the node layer and batch are named).
-    """
-    acc: JacobianGramAccumulator | None = None
-    for b, x in enumerate(batches):
-        acts, layouts = capture(model, x, {inject[0]: inject[1]})
-        acts_in, layout = acts[inject[0]].detach(), layouts[inject[0]]
-        if acc is None:
-            acc = JacobianGramAccumulator(acts_in.shape[-1], device=acts_in.device)
-        acc.add_samples(acts_in.shape[0] * as_positions(acts_in).shape[1])
-        with torch.no_grad():
-            for units, grads in section_vjps(
-                model, x, inject, acts_in, layout, read, out_map, memory_budget
-            ):
-                acc.update(grads)
-                for consume in consumers or []:
-                    consume(b, acts_in, units, grads)
-        # NaN/Inf in any Jacobian entry propagates into the running sum of J^T J
-        check_finite(acc.running_sum, f"Jacobians (towards {read[0]!r})", inject[0], b)
-    if acc is None:
-        raise DataError("data holds no batches")
-    return acc.value

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -32,7 +33,7 @@ from interbasis.edges import (
     weight_edges,
 )
 from interbasis.errors import ShapeError
-from interbasis.grams import DEFAULT_MEMORY_BUDGET, jacobian_gram
+from interbasis.jacobians import DEFAULT_MEMORY_BUDGET, section_jacobian_gram
 
 
 def _check_bases(run: Run, bases: Sequence[Basis]) -> None:
@@ -104,15 +105,21 @@ def _local_bases_and_squared_edges(
         name, nxt = names[i], names[i + 1]
         g = run.grams[name]
         cache = _JacobianCache(cache_limit)
-        M = jacobian_gram(
-            run.model, run.batches(f"M {name}"), run.injectable(name), run.module(nxt),
-            node_map(bases[nxt]), run.memory_budget, consumers=[cache],
+        section = section_jacobian_gram(
+            run.model, partial(run.batches, f"M {name}"), run.injectable(name),
+            run.module(nxt), node_map(bases[nxt]), run.memory_budget, consumers=[cache],
         )  # fmt: skip
         gram = g.covariance if center else g.second_moment
         bases[name] = interaction_basis(
-            name, g.mean, gram, M, center=center, fold_bias=fold_bias, truncation=truncation
-        )
-        if not cache.overflow:
+            name, g.mean, gram, section.M, center=center, fold_bias=fold_bias,
+            truncation=truncation,
+        )  # fmt: skip
+        if section.affine is not None:  # one Jacobian serves every sample
+            matrices[i] = weight_edges(
+                run.model, run.batches(f"edges {name}"), run.injectable(name), run.module(nxt),
+                bases[name], bases[nxt],
+            )  # fmt: skip
+        elif not cache.overflow:
             acc = SquaredEdges(bases[name], bases[nxt])
             for acts_in, units, grads in cache.items:
                 acc.add(acts_in, units, grads)

@@ -110,7 +110,7 @@ def test_reparametrisation_invariance(seed: int, width: int) -> None:
     g = torch.Generator().manual_seed(seed)
     net = mlp([3, width, width, 8], seed=seed)  # wide output: M full rank, no Λ near 0
     x = torch.randn(200, 3, generator=g, dtype=torch.float64)
-    R = torch.randn(width, width, generator=g, dtype=torch.float64) + 2 * torch.eye(width)
+    R = _orthogonalish(width, g)  # a general invertible map, singular values in [0.5, 2]
     # original node layers: inputs of Linear "0", "2", "4"; in the reparametrised net the
     # hidden layer before Linear "2" is h R (input of the moved Linear, now named "3")
     other = _reparametrised(net, R, at=2)
@@ -118,7 +118,7 @@ def test_reparametrisation_invariance(seed: int, width: int) -> None:
     rep = build_bases(other, x, ["0", "3", "5", "output"], progress=False)
     acts_a = _acts(net, x, ["0", "2", "4"])
     acts_b = _acts(other, x, ["0", "3", "5"])
-    pairs = zip(zip(base, "024", strict=True), zip(rep, "035", strict=True), strict=True)
+    pairs = zip(zip(base[:3], "024", strict=True), zip(rep[:3], "035", strict=True), strict=True)
     for (ba, na), (bb, nb) in pairs:
         assert ba.n_nodes == bb.n_nodes
         torch.testing.assert_close(
