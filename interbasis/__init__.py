@@ -1,5 +1,6 @@
 """interbasis: interaction bases, interaction graphs and loss-landscape views of networks."""
 
+from interbasis import degeneracy
 from interbasis.basis import Basis, load_bases, save_bases
 from interbasis.build import activation_grams, build_bases, output_jacobian_gram
 from interbasis.callbacks import Callback
@@ -34,6 +35,7 @@ __all__ = [
     "activation_grams",
     "build_bases",
     "build_graph",
+    "degeneracy",
     "load_bases",
     "output_jacobian_gram",
     "save_bases",

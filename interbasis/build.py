@@ -300,8 +300,10 @@ def output_jacobian_gram(
     """Jacobian Gram ``E[J^T J]``, ``J = d(f^{of} @ out_map) / d f^{wrt}`` ``(d_wrt, d_wrt)``.
 
     With ``wrt`` = the module receiving a layer's pre-activations (e.g. ``"acts.0"`` of an
-    MLP, or ``"blocks.0.mlp.hook_pre"``) and ``of="output"`` this is ``K^l`` of seed 004
-    eqs 15/39. Positions follow DESIGN §4 (diagonal in input position, normalised by
+    MLP) and ``of="output"`` this is ``K^l`` of seed 004 eqs 15/39. Inside a residual block
+    (e.g. ``"blocks.0.mlp.hook_pre"``) the pre-activations are not a cut and this function
+    refuses them; :mod:`interbasis.degeneracy` takes the partial Jacobian there (other paths
+    held fixed). Positions follow DESIGN §4 (diagonal in input position, normalised by
     ``N * P_in``). The section from ``wrt`` to ``of`` must be a cut of the forward pass
     (checked on the first batch).
     """
