@@ -237,21 +237,43 @@ class Attention(nn.Module):
             HookPoint(),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (batch, pos, d_model) -> (batch, pos, d_model)."""
+    def forward(self, x: torch.Tensor, last_query_only: bool = False) -> torch.Tensor:
+        """x: (batch, pos, d_model) -> (batch, pos, d_model).
+
+        With ``last_query_only`` only the last position attends (keys and values still come
+        from every position) and the result is ``(batch, 1, d_model)``: the same numbers as
+        the last row of the full output, for a third of the query-side work at 3 positions.
+        The final block uses it, since the residual stream is cut to the last position there;
+        its ``hook_q``, ``hook_attn_scores``, ``hook_pattern`` and ``hook_z`` then hold the
+        last query position only.
+        """
         batch, pos, d_model = x.shape
         n_heads, d_head = self.b_Q.shape
-        # q, k, v in one matmul: (d_model, 3·n_heads·d_head) weights, columns (qkv, head, e).
-        weight = torch.cat([self.W_Q, self.W_K, self.W_V]).permute(1, 0, 2).reshape(d_model, -1)
-        bias = torch.cat([self.b_Q, self.b_K, self.b_V]).reshape(-1)
-        qkv = (x @ weight + bias).view(batch, pos, 3, n_heads, d_head)
-        q, k, v = (self.hook_q(qkv[:, :, 0]), self.hook_k(qkv[:, :, 1]), self.hook_v(qkv[:, :, 2]))
+        if last_query_only:
+            q = x[:, -1:] @ self.W_Q.permute(1, 0, 2).reshape(d_model, -1) + self.b_Q.reshape(-1)
+            q = self.hook_q(q.view(batch, 1, n_heads, d_head))
+            weight = torch.cat([self.W_K, self.W_V]).permute(1, 0, 2).reshape(d_model, -1)
+            bias = torch.cat([self.b_K, self.b_V]).reshape(-1)
+            kv = (x @ weight + bias).view(batch, pos, 2, n_heads, d_head)
+            k, v = self.hook_k(kv[:, :, 0]), self.hook_v(kv[:, :, 1])
+            rows = slice(pos - 1, pos)
+        else:
+            # q, k, v in one matmul: (d_model, 3·n_heads·d_head) weights, columns (qkv, head, e).
+            weight = torch.cat([self.W_Q, self.W_K, self.W_V]).permute(1, 0, 2).reshape(d_model, -1)
+            bias = torch.cat([self.b_Q, self.b_K, self.b_V]).reshape(-1)
+            qkv = (x @ weight + bias).view(batch, pos, 3, n_heads, d_head)
+            q, k, v = (
+                self.hook_q(qkv[:, :, 0]),
+                self.hook_k(qkv[:, :, 1]),
+                self.hook_v(qkv[:, :, 2]),
+            )
+            rows = slice(0, pos)
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / self.scale
         mask, ignore = self.get_buffer("mask"), self.get_buffer("IGNORE")
-        scores = torch.where(mask[:pos, :pos], scores, ignore.to(scores.dtype))
+        scores = torch.where(mask[rows, :pos], scores, ignore.to(scores.dtype))
         pattern = self.hook_pattern(torch.softmax(self.hook_attn_scores(scores), dim=-1))
         z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", pattern, v))
-        return z.reshape(batch, pos, -1) @ self.W_O.reshape(-1, d_model) + self.b_O
+        return z.reshape(batch, q.shape[1], -1) @ self.W_O.reshape(-1, d_model) + self.b_O
 
 
 class MLPBlock(nn.Module):
@@ -301,9 +323,10 @@ class TransformerBlock(nn.Module):
         """resid: (batch, pos, d_model) -> same, or (batch, d_model) when ``last``."""
         resid = self.hook_resid_pre(resid)
         resid, normed = self.ln1(resid)
-        resid = resid + self.attn(normed)
-        if self.last:
-            resid = resid[:, -1]
+        if self.last:  # only the last position is read from here on
+            resid = resid[:, -1] + self.attn(normed, last_query_only=True)[:, 0]
+        else:
+            resid = resid + self.attn(normed)
         resid = self.hook_resid_mid(resid)
         resid, normed = self.ln2(resid)
         return self.hook_resid_post(resid + self.mlp(normed))

@@ -188,6 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_train(argv[1:])
     args = parser().parse_args(argv)
     from graphs import GraphError
+    from interbasis.performance import tune_allocator
+
+    tune_allocator()  # reuse freed Jacobian chunks instead of page-faulting them in again
     from interbasis.errors import InterbasisError
 
     try:

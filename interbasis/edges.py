@@ -18,7 +18,7 @@ columns for constant nodes (DESIGN §4: the constant is not an input a module re
 
   By completeness ``sum_j E_ij = 1/(N P_in) sum_x F_i(0)``. Individual entries may be
   negative (an attribution); :func:`interbasis.build_graph` stores their absolute values.
-- ``"weight"`` (linear sections only): the Jacobian is the same for every sample, so it is
+- ``"weight"`` (affine sections only): the Jacobian is the same for every sample, so it is
   computed once and combined with the second moments of ``f_hat^l``; equals "squared" there.
 
 The Jacobians are VJPs of chunks of output units under ``vmap`` (one forward pass per batch);
@@ -40,7 +40,9 @@ from interbasis.errors import DataError, NonFiniteError
 from interbasis.jacobians import (
     DEFAULT_MEMORY_BUDGET,
     Cotangents,
+    affine_jacobian,
     batched_vjps,
+    is_affine_on,
     section_fn,
     section_vjps,
 )
@@ -214,45 +216,45 @@ def weight_edges(
     read: tuple[str, nn.Module | None],
     basis_in: Basis,
     basis_out: Basis,
-    rtol: float = 1e-8,
+    jacobian: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """Edges of a linear section from its (sample-independent) Jacobian ``(n_out, n_in)``.
+    """Edges of an affine section from its (sample-independent) Jacobian ``(n_out, n_in)``.
 
-    ``J_hat[t, i, s, j]`` is taken at the first sample and checked against the first
-    batch: every sample's output must equal the affine prediction (relative ``rtol``),
-    otherwise the section is not linear and a :class:`DataError` names it. Then
-    ``E_ij = 1/(N P_in) sum_t sum_{s,s'} J_hat_{tisj} J_hat_{tis'j} S_{ss'j}`` with
-    ``S_{ss'j} = sum_x f_hat_{xsj} f_hat_{xs'j}``, which equals the squared edges.
+    ``jacobian`` ``(units, P_in, d)`` of the output units (the non-constant nodes of
+    ``basis_out``, unit ``u = t * k + i``) with respect to the activations, as returned by
+    :func:`interbasis.jacobians.section_jacobian_gram` for an affine section. Without it,
+    it is taken at the first sample and the section must pass the same affinity check
+    (:func:`interbasis.jacobians.is_affine_on`) on every batch, else a :class:`DataError`
+    names it. With ``J_hat = J @ C_pinv^T`` (per node of the input basis)::
+
+        E_ij = 1/(N P_in) sum_t sum_{s,s'} J_hat_{tisj} J_hat_{tis'j} S_{ss'j},
+        S_{ss'j} = sum_x f_hat_{xsj} f_hat_{xs'j},
+
+    which equals the squared edges for an affine section.
     """
     omap, first = _out_nodes(basis_out)
-    J_hat: torch.Tensor | None = None
     S: torch.Tensor | None = None
     count = 0
+    J = jacobian
     for b, x in enumerate(batches):
         f, layout, f_hat = _inputs(model, x, inject, basis_in)
-        if J_hat is None:
-            pinv = _nonconstant_pinv(basis_in).to(f.device, f.dtype)
-            with torch.no_grad():
-                vjps = section_vjps(model, x[:1], inject, f[:1], layout, read, omap)
-                grads = torch.cat([g for _, g in vjps])  # (P_out * k, 1, P_in, d)
-            J_hat = (grads[:, 0] @ pinv.T).reshape(-1, omap.shape[1], *f_hat.shape[1:])
-            fn = section_fn(model, x, inject, layout, read)
-            with torch.no_grad():
-                out = fn(f) @ omap.to(f.dtype)
-            pred = out[:1] + torch.einsum("tisj,bsj->bti", J_hat, f_hat - f_hat[:1])
-            err = (pred - out).abs().max()
-            if not err <= rtol * out.abs().max().clamp_min(1e-300):
-                raise DataError(
-                    f'edges="weight" needs a linear section, but {inject[0]!r} -> {read[0]!r} '
-                    f"is not linear on the data (deviation {float(err):.3g} in batch {b}); use "
-                    'edges="squared"'
-                )
+        with torch.no_grad():
+            if jacobian is None:
+                if J is None:
+                    J = affine_jacobian(model, x, inject, f, layout, read, omap)
+                if not is_affine_on(model, x, inject, f, layout, read, omap, J, seed=b):
+                    raise DataError(
+                        f'edges="weight" needs an affine section, but {inject[0]!r} -> '
+                        f"{read[0]!r} is not affine on the data (batch {b}); use "
+                        'edges="squared"'
+                    )
         S_b = torch.einsum("bsj,brj->srj", f_hat, f_hat).to(torch.float64)
         S = S_b if S is None else S + S_b
         count += f_hat.shape[0] * f_hat.shape[1]
-    assert J_hat is not None and S is not None  # iter_batches raises on empty data
-    Jd = J_hat.to(torch.float64)
-    E_nodes = torch.einsum("tisj,tirj,srj->ij", Jd, Jd, S)
-    E = torch.zeros(basis_out.n_nodes, basis_in.n_nodes, dtype=torch.float64, device=Jd.device)
+    assert J is not None and S is not None  # iter_batches raises on empty data
+    pinv = _nonconstant_pinv(basis_in).to(J.device, torch.float64)
+    J_hat = (J.to(torch.float64) @ pinv.T).reshape(-1, omap.shape[1], *S.shape[1:])
+    E_nodes = torch.einsum("tisj,tirj,srj->ij", J_hat, J_hat, S)
+    E = torch.zeros(basis_out.n_nodes, basis_in.n_nodes, dtype=torch.float64, device=J.device)
     E[first:] = E_nodes
     return _finish(E, count, basis_in, basis_out, inject[0])

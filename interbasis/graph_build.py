@@ -117,7 +117,7 @@ def _local_bases_and_squared_edges(
         if section.affine is not None:  # one Jacobian serves every sample
             matrices[i] = weight_edges(
                 run.model, run.batches(f"edges {name}"), run.injectable(name), run.module(nxt),
-                bases[name], bases[nxt],
+                bases[name], bases[nxt], jacobian=section.affine,
             )  # fmt: skip
         elif not cache.overflow:
             acc = SquaredEdges(bases[name], bases[nxt])

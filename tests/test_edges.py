@@ -150,14 +150,19 @@ def test_functional_edges_are_complete() -> None:
 
 
 def test_weight_edges_equal_squared_on_linear_sections() -> None:
+    """On affine sections, one Jacobian (edges="weight", and the fast path build_graph takes by
+    itself) gives the squared edges of per-sample VJPs (used when bases are passed in)."""
     net = nn.Sequential(nn.Linear(4, 5).double(), nn.Linear(5, 3).double()).eval()
     x = torch.randn(90, 4, dtype=torch.float64)
     names = ["0", "1", "output"]
-    sq = build_graph(net, x, names, progress=False)
-    w = build_graph(net, x, names, edges="weight", progress=False)
-    for a, b in zip(sq.edges, w.edges, strict=True):
+    bases = build_bases(net, x, names, progress=False)
+    per_sample = build_graph(net, x, names, bases=bases, progress=False)
+    weight = build_graph(net, x, names, bases=bases, edges="weight", progress=False)
+    fast = build_graph(net, x, names, progress=False)
+    for a, b, c in zip(per_sample.edges, weight.edges, fast.edges, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-14 * a.max())
-    with pytest.raises(DataError, match="needs a linear section"):
+        np.testing.assert_allclose(c, a, rtol=1e-10, atol=1e-14 * a.max())
+    with pytest.raises(DataError, match="needs an affine section"):
         build_graph(mlp([4, 5, 3]), x, names, edges="weight", progress=False)
 
 

@@ -405,3 +405,15 @@ def test_float64_checkpoint_stays_float64(rib_copy: Path) -> None:
     model = load_checkpoint(rib_copy)  # a directory with config.yaml and one *.pt
     assert model.embed.W_E.dtype == torch.float64  # type: ignore[union-attr]
     assert torch.equal(model.embed.W_E, state["embed.W_E"])  # type: ignore[union-attr]
+
+
+def test_last_query_attention_equals_last_row_of_full_attention() -> None:
+    """The final block computes queries for the last position only; same numbers."""
+    from experiments.checkpoint_io import load_rib_modadd
+
+    attn = load_rib_modadd().double().blocks[0].attn
+    x = torch.randn(17, 3, 128, dtype=torch.float64)
+    full = attn(x)
+    last = attn(x, last_query_only=True)
+    assert last.shape == (17, 1, 128)
+    torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-12, atol=1e-12)
