@@ -105,15 +105,17 @@ class SquaredEdges:
         self.k = omap.shape[1]
         self.E = torch.zeros(basis_out.n_nodes, basis_in.n_nodes, dtype=torch.float64)
         self.count = 0
+        self._f_hat: torch.Tensor | None = None
+        self._pinv = _nonconstant_pinv(basis_in)
 
     def add(self, acts_in: torch.Tensor, units: slice, grads: torch.Tensor) -> None:
-        f_hat = as_positions(self.basis_in.transform(acts_in)).to(grads.dtype)
-        if units.start == 0:
-            self.count += f_hat.shape[0] * f_hat.shape[1]
-        pinv = _nonconstant_pinv(self.basis_in).to(grads.device, grads.dtype)
-        self.E = self.E.to(grads.device)
-        g_hat = grads @ pinv.T  # (c, b, P_in, n_in): d out_unit / d f_hat
-        a = torch.einsum("cbsj,bsj->cbj", g_hat, f_hat)
+        if units.start == 0 or self._f_hat is None:  # a new batch: its coordinates, once
+            self._f_hat = as_positions(self.basis_in.transform(acts_in)).to(grads.dtype)
+            self.count += self._f_hat.shape[0] * self._f_hat.shape[1]
+            self._pinv = _nonconstant_pinv(self.basis_in).to(grads.device, grads.dtype)
+            self.E = self.E.to(grads.device)
+        g_hat = grads @ self._pinv.T  # (c, b, P_in, n_in): d out_unit / d f_hat
+        a = (g_hat * self._f_hat).sum(2)  # (c, b, n_in): sum over input positions
         rows = self.first + torch.arange(units.start, units.stop, device=self.E.device) % self.k
         self.E.index_add_(0, rows, a.pow(2).sum(1).to(torch.float64))
 
