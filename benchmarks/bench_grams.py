@@ -97,10 +97,10 @@ def main() -> None:
     accumulate_activation_grams(run, check_cuts=False)
     for inject, read in itertools.pairwise(LAYERS):
         out_map = node_map(bases[read]).to(run.device)
-        args = (run.model, run.batches, run.injectable(inject), run.module(read), out_map)
-        t_fast = best_of(partial(jacobian_gram, *args), 2)
+        section = (run.model, run.batches, run.injectable(inject), run.module(read), out_map)
+        t_fast = best_of(partial(jacobian_gram, *section), 2)
         t_naive = best_of(partial(naive_M, run, inject, read, out_map), 1)
-        err = (jacobian_gram(*args) - naive_M(run, inject, read, out_map)).abs().max()
+        err = (jacobian_gram(*section) - naive_M(run, inject, read, out_map)).abs().max()
         print(
             f"M {inject} -> {read} ({out_map.shape[1]} output units, {len(x)} inputs): "
             f"{t_fast:.2f} s vs naive per-unit autograd loop {t_naive:.2f} s -> "
