@@ -16,7 +16,8 @@ constant node is kept out of the rotation V and its Λ is NaN. ``C_pinv`` is the
 that reconstructs the activations on the data's span (``C_pinv`` row 0 is ``[mu, 1]``).
 Eigenvalues below the truncation floor are dropped: ``"auto"`` is the relative floor
 ``max_eigenvalue * dim * eps_float64`` (an absolute 1e-15, rib's choice, sits at round-off);
-a number is an absolute threshold.
+for Λ the scale is ``max(D) * |M|``, the size of the factors of ``M_z``, since whitening can
+make round-off large next to Λ's own maximum. A number is an absolute threshold.
 """
 
 from __future__ import annotations
@@ -132,18 +133,25 @@ def _single_thread(active: bool) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def truncation_floor(eigenvalues: torch.Tensor, truncation: Truncation) -> float:
-    """Threshold below which eigenvalues are dropped (see the module docstring)."""
+def truncation_floor(
+    eigenvalues: torch.Tensor, truncation: Truncation, scale: float = 0.0
+) -> float:
+    """Threshold below which eigenvalues are dropped (see the module docstring).
+
+    ``"auto"`` is ``max(largest eigenvalue, scale) * dim * eps_float64``, where ``scale`` is
+    the norm of the matrix's factors when it was formed as a product (round-off is relative
+    to them, not to its own largest eigenvalue).
+    """
     if truncation == "auto":
         top = float(eigenvalues.max()) if eigenvalues.numel() else 0.0
-        return max(top, 0.0) * eigenvalues.numel() * _EPS64
+        return max(top, scale, 0.0) * eigenvalues.numel() * _EPS64
     if isinstance(truncation, str) or not truncation >= 0:
         raise ValueError(f'truncation must be "auto" or a number >= 0, got {truncation!r}')
     return float(truncation)
 
 
-def _kept(vals: torch.Tensor, truncation: Truncation) -> torch.Tensor:
-    floor = truncation_floor(vals, truncation)
+def _kept(vals: torch.Tensor, truncation: Truncation, scale: float = 0.0) -> torch.Tensor:
+    floor = truncation_floor(vals, truncation, scale)
     return (vals > floor) & (vals > 0)
 
 
@@ -215,12 +223,16 @@ def interaction_basis(
     _check_square(name, M, mean.shape[0], "Jacobian Gram M")
     g_vals, D, U = _whitening(name, mean, gram, truncation)
     half = U * D.sqrt()  # U D^{1/2}
-    lam, V = eigh_descending(half.T @ M.to(torch.float64) @ half)
-    keep = _kept(lam, truncation)
+    M = M.to(torch.float64)
+    lam, V = eigh_descending(half.T @ M @ half)
+    # M_z is a product: its round-off scales with |D| |M|, which whitening can make much
+    # larger than its own largest eigenvalue
+    scale = float(D.max()) * float(eigh_descending(M)[0][0].clamp_min(0))
+    keep = _kept(lam, truncation, scale)
     if not keep.any():
         raise RankError(
             f"node layer {name!r}: M has no direction above the truncation threshold "
-            f"{truncation_floor(lam, truncation):.3g} (largest {float(lam.max()):.3g}); the "
+            f"{truncation_floor(lam, truncation, scale):.3g} (largest {float(lam.max()):.3g}); the "
             "next node layer does not depend on this one on the data"
         )
     lam, V = lam[keep], V[:, keep]

@@ -76,7 +76,7 @@ def test_demo_writes_graphml_and_figure(tmp_path: Path) -> None:
     )  # fmt: skip
     assert "wrote" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["nodes"] == {"blocks.0.ln1": 113, "blocks.0.ln2": 59, "unembed": 87,
+    assert summary["nodes"] == {"blocks.0.ln1": 110, "blocks.0.ln2": 57, "unembed": 84,
                                 "output": 114}  # fmt: skip
-    assert nx.read_graphml(out / "graph.graphml").number_of_nodes() == 373
+    assert nx.read_graphml(out / "graph.graphml").number_of_nodes() == 365
     assert (out / "graph.png").stat().st_size > 10_000
