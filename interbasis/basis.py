@@ -77,6 +77,11 @@ class Basis:
         """Width ``d`` of the node layer's activations."""
         return int(self.mean.shape[0])
 
+    def to(self, device: torch.device | str) -> Basis:
+        """A copy with every tensor on ``device``."""
+        moved = {f: getattr(self, f).to(device) for f in _TENSORS}
+        return Basis(self.name, has_constant=self.has_constant, kind=self.kind, **moved)
+
     def transform(self, acts: torch.Tensor) -> torch.Tensor:
         """``(..., d) -> (..., n)``: activations in this basis (float64)."""
         x = acts.to(torch.float64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -112,11 +113,13 @@ def prepare(
 def accumulate_activation_grams(run: Run, check_cuts: bool = True) -> dict[str, GramAccumulator]:
     """One pass over the data: streaming Grams of every node layer (stored on ``run``).
 
-    With ``check_cuts`` the first batch also verifies that consecutive node layers are
-    sections of the forward pass (:func:`interbasis.capture.check_cut`).
+    With ``check_cuts`` the first batch with two distinct samples also verifies that
+    consecutive node layers are sections of the forward pass
+    (:func:`interbasis.capture.check_cut`); a warning says when no batch could.
     """
     grams: dict[str, GramAccumulator] = {}
     run.n_samples = 0
+    cuts_checked = False
     for b, x in enumerate(run.batches("activation Grams")):
         run.n_samples += int(x.shape[0])
         with torch.no_grad():
@@ -131,13 +134,28 @@ def accumulate_activation_grams(run: Run, check_cuts: bool = True) -> dict[str, 
                     f"{grams[name].dim} before"
                 )
             grams[name].update(a)
-        if b == 0 and check_cuts:
-            for lo, hi in zip(run.names[:-1], run.names[1:], strict=True):
-                with torch.no_grad():
+        if check_cuts and not cuts_checked:  # on the first batch of >= 2 distinct samples
+            with torch.no_grad():
+                cuts_checked = all(
                     check_cut(
-                        run.model, x, run.injectable(lo), acts[lo], layouts[lo],
-                        run.module(hi), acts[hi],
-                    )  # fmt: skip
+                        run.model,
+                        x,
+                        run.injectable(lo),
+                        acts[lo],
+                        layouts[lo],
+                        run.module(hi),
+                        acts[hi],
+                    )
+                    for lo, hi in itertools.pairwise(run.names)
+                )
+    if check_cuts and not cuts_checked and len(run.names) > 1:
+        warnings.warn(
+            "could not check that the node layers are sections of the forward pass: no batch "
+            "had two samples with different activations at every node layer (use batches of "
+            "at least two samples)",
+            UserWarning,
+            stacklevel=3,
+        )
     run.grams = grams
     return grams
 
@@ -184,8 +202,8 @@ def build_bases(
     node_layers : module names from ``model.named_modules()`` in forward order, optionally
         ending with ``"output"``. Activations are read at each module's *input*.
     basis : ``"interaction"`` (seed 004 §6), ``"pca"`` or ``"neuron"`` baselines.
-    center : centre activations (the mean is carried by the constant node); needs
-        ``fold_bias``.
+    center : centre activations (the mean is carried by the constant node). ``center`` and
+        ``fold_bias`` go together: both True (default) or both False.
     fold_bias : append a constant coordinate 1 (node 0 of each basis, except the final).
     truncation : ``"auto"`` (relative floor ``max * dim * eps``) or an absolute threshold
         (``1e-15`` reproduces rib).
@@ -199,7 +217,7 @@ def build_bases(
 
     Returns
     -------
-    list of :class:`Basis` in the order of ``node_layers``.
+    list of :class:`Basis` in the order of ``node_layers``, on the CPU (float64).
 
     Examples
     --------
@@ -215,7 +233,8 @@ def build_bases(
         progress=progress, memory_budget=memory_budget,
     )  # fmt: skip
     accumulate_activation_grams(run, check_cuts=basis == "interaction")
-    return bases_for_run(run, basis, center, fold_bias, truncation, scope, final_basis)
+    bases = bases_for_run(run, basis, center, fold_bias, truncation, scope, final_basis)
+    return [b.to("cpu") for b in bases]  # small; computed on the run's device
 
 
 def check_basis_options(basis: str, scope: str, center: bool, fold_bias: bool) -> None:
@@ -226,6 +245,13 @@ def check_basis_options(basis: str, scope: str, center: bool, fold_bias: bool) -
         raise ValueError(f'scope must be "local" or "global", got {scope!r}')
     if center and not fold_bias:
         raise ValueError("center=True needs fold_bias=True: the mean is carried by the constant")
+    if fold_bias and not center:
+        raise ValueError(
+            "fold_bias=True needs center=True: without centring the constant coordinate mixes "
+            "with the activations in the whitening (as in seed 004 appendix A), so it cannot be "
+            "kept out of the rotation as node 0; use the default center=True, or "
+            "center=False with fold_bias=False"
+        )
 
 
 def bases_for_run(

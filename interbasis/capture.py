@@ -107,9 +107,21 @@ def _tensor_args(args: tuple[Any, ...]) -> tuple[list[int], list[torch.Tensor]]:
     return positions, [args[i] for i in positions]
 
 
-def _layout_of(name: str, args: tuple[Any, ...]) -> tuple[InputLayout, torch.Tensor]:
+def _layout_of(
+    name: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None
+) -> tuple[InputLayout, torch.Tensor]:
+    """The layout of a module's positional tensor inputs and a *copy* of them, concatenated.
+
+    The copy keeps gradients but not storage: a model that later modifies the tensor in place
+    (``ReLU(inplace=True)``, ``h += ...``) must not change what was read.
+    """
     positions, tensors = _tensor_args(args)
     if not tensors:
+        if any(isinstance(v, torch.Tensor) for v in (kwargs or {}).values()):
+            raise DataError(
+                f"module {name!r} is called with keyword tensor inputs {sorted(kwargs or {})}; "
+                "node layers read positional inputs only: choose a module called positionally"
+            )
         kinds = [
             type(a).__name__ if not isinstance(a, torch.Tensor) else str(a.dtype) for a in args
         ]
@@ -129,7 +141,7 @@ def _layout_of(name: str, args: tuple[Any, ...]) -> tuple[InputLayout, torch.Ten
             f"input of module {name!r} has no batch dimension: {tuple(tensors[0].shape)}"
         )
     layout = InputLayout(tuple(positions), tuple(t.shape[-1] for t in tensors), tuple(lead))
-    acts = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=-1)
+    acts = tensors[0].clone() if len(tensors) == 1 else torch.cat(tensors, dim=-1)
     return layout, acts
 
 
@@ -179,22 +191,31 @@ def capture(
     n_modules = sum(m is not None for m in modules.values())
     stop_early = OUTPUT not in modules
 
-    def make_hook(name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
-        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+    def make_hook(name: str) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], None]:
+        def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             if name in acts:
                 raise NodeLayerError(
                     f"module {name!r} is called more than once in one forward pass; a node "
                     "layer must be a module that runs exactly once"
                 )
-            layouts[name], acts[name] = _layout_of(name, args)
+            layouts[name], acts[name] = _layout_of(name, args, kwargs)
+            if acts[name].shape[0] != batch:
+                raise DataError(
+                    f"the input of module {name!r} has shape {tuple(acts[name].shape)}: its "
+                    f"first dimension is not the batch ({batch}); node layers must be "
+                    "batch-first"
+                )
             order.append(name)
             if stop_early and len(acts) == n_modules:
                 raise _StopForward
 
         return hook
 
+    batch = inputs.shape[0]
     handles = [
-        m.register_forward_pre_hook(make_hook(n)) for n, m in modules.items() if m is not None
+        m.register_forward_pre_hook(make_hook(n), with_kwargs=True)
+        for n, m in modules.items()
+        if m is not None
     ]
     try:
         out = model(inputs)
@@ -250,7 +271,9 @@ def run_section(
         for pos, piece, old in zip(
             layout.arg_positions, pieces, (args[p] for p in layout.arg_positions), strict=True
         ):
+            # a copy, so that in-place operations of the model cannot write into ``value``
             new_args[pos] = piece.reshape(*piece.shape[:1], *old.shape[1:-1], piece.shape[-1])
+            new_args[pos] = new_args[pos].clone()
         return tuple(new_args)
 
     def read_hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -283,13 +306,13 @@ def check_cut(
     read: tuple[str, nn.Module | None],
     acts_out: torch.Tensor,
     rtol: float = 1e-6,
-) -> None:
+) -> bool:
     """Check that ``read``'s input depends on the model input only through ``inject``'s input.
 
     Substitutes the activations of the batch rolled by one sample into the forward pass of
     the unrolled batch; for a cut the result is the rolled ``acts_out``. A residual
     connection that bypasses ``inject`` breaks this. Needs a batch of at least two distinct
-    samples (otherwise nothing can be checked and nothing is raised).
+    samples: returns whether the check could be made.
 
     Raises
     ------
@@ -297,10 +320,10 @@ def check_cut(
         Naming both node layers, when the section is not a cut.
     """
     if inputs.shape[0] < 2:
-        return
+        return False
     rolled = torch.roll(acts_in, 1, dims=0)
     if torch.equal(rolled, acts_in):
-        return
+        return False
     got = run_section(model, inputs, inject, rolled, layout, read)
     want = torch.roll(acts_out, 1, dims=0)
     scale = want.abs().max().clamp_min(torch.finfo(want.dtype).tiny)
@@ -314,3 +337,4 @@ def check_cut(
             f"{inject[0]!r} does this; choose node layers whose input carries the whole state "
             "(e.g. residual-stream hook points)."
         )
+    return True

@@ -1,9 +1,11 @@
 """Iterating over user data in batches, with the checks every pipeline stage needs.
 
-``data`` is a tensor (split into batches of ``batch_size``) or a re-iterable collection of
-batches (a list, a ``DataLoader``, ...), each a tensor or a tuple whose first element is the
-model input (DESIGN §5). The pipeline makes several passes over the data, so one-shot
-iterators (generators) are refused with an explanation rather than silently used once.
+``data`` is a tensor (split into batches of ``batch_size``), a tuple ``(inputs, ...)`` (one
+batch: a tuple is read as a batch, never as a collection of batches, so ``(x, y)`` does not
+turn the targets into inputs), or a re-iterable collection of batches (a list, a
+``DataLoader``, ...), each a tensor or a tuple whose first element is the model input
+(DESIGN §5). The pipeline makes several passes over the data, so one-shot iterators
+(generators) are refused with an explanation rather than silently used once.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def check_data(data: Any) -> None:
         raise DataError(
             f"data must be a tensor or an iterable of batches, got {type(data).__name__}"
         )
-    if iter(data) is data:
+    if isinstance(data, Iterator):
         raise DataError(
             "data is a one-shot iterator (e.g. a generator); the pipeline needs several passes. "
             "Pass a tensor, a list of batches or a DataLoader instead."
@@ -53,6 +55,10 @@ def iter_batches(
         If there is no batch at all, a batch is empty, or its first element is not a tensor.
     """
     check_data(data)
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(data, tuple):  # one batch (inputs, targets, ...)
+        data = [data]
     if isinstance(data, torch.Tensor):
         size = batch_size or DEFAULT_BATCH_SIZE
         source: Iterable[Any] = torch.split(data, size)

@@ -8,7 +8,8 @@ columns for constant nodes (DESIGN §4: the constant is not an input a module re
       E_ij = 1/(N P_in) sum_x sum_t [sum_s d f_hat^{l+1}_{t,i}/d f_hat^l_{s,j} f_hat^l_{s,j}]^2
 
   input positions s are summed inside the square, output positions t outside it.
-- ``"functional"`` (seed 004 / rib's functional edges): integrated gradients of the squared
+- ``"functional"`` (after rib's functional edges, whose path starts at zero rather than at the
+  mean): integrated gradients of the squared
   change of each output node along the straight path from the layer's mean
   (non-constant nodes scaled by alpha) to the actual activations, with Gauss–Legendre
   quadrature in alpha::
@@ -95,7 +96,7 @@ class SquaredEdges:
 
     ``add(acts_in, units, grads)`` takes the raw input activations of one batch and the
     gradients of a chunk of output units ``(c, batch, P_in, d)`` as produced by
-    :func:`interbasis.grams.section_vjps` with ``out_map`` = the output basis' non-constant
+    :func:`interbasis.jacobians.section_vjps` with ``out_map`` = the output basis' non-constant
     nodes; chunks starting at unit 0 open a new batch for the normalisation.
     """
 
@@ -115,9 +116,9 @@ class SquaredEdges:
             self._pinv = _nonconstant_pinv(self.basis_in).to(grads.device, grads.dtype)
             self.E = self.E.to(grads.device)
         g_hat = grads @ self._pinv.T  # (c, b, P_in, n_in): d out_unit / d f_hat
-        a = (g_hat * self._f_hat).sum(2)  # (c, b, n_in): sum over input positions
+        a = (g_hat * self._f_hat).sum(2).to(torch.float64)  # (c, b, n_in): sum over positions
         rows = self.first + torch.arange(units.start, units.stop, device=self.E.device) % self.k
-        self.E.index_add_(0, rows, a.pow(2).sum(1).to(torch.float64))
+        self.E.index_add_(0, rows, a.pow(2).sum(1))
 
     def value(self, name: str) -> np.ndarray:
         """``(n_out, n_in)`` edges, normalised by ``N * P_in``."""
@@ -241,16 +242,23 @@ def weight_edges(
     for b, x in enumerate(batches):
         f, layout, f_hat = _inputs(model, x, inject, basis_in)
         with torch.no_grad():
-            if jacobian is None:
-                if J is None:
-                    J = affine_jacobian(model, x, inject, f, layout, read, omap)
-                if not is_affine_on(model, x, inject, f, layout, read, omap, J, seed=b):
-                    raise DataError(
-                        f'edges="weight" needs an affine section, but {inject[0]!r} -> '
-                        f"{read[0]!r} is not affine on the data (batch {b}); use "
-                        'edges="squared"'
-                    )
-        S_b = torch.einsum("bsj,brj->srj", f_hat, f_hat).to(torch.float64)
+            if J is None:
+                J = affine_jacobian(model, x, inject, f, layout, read, omap)
+            if J.shape[1:-1] != f_hat.shape[1:-1]:
+                raise DataError(
+                    f'edges="weight": batch {b} of {inject[0]!r} has {f_hat.shape[1]} '
+                    f"positions, the Jacobian {J.shape[1]}; positions must not change"
+                )
+            if jacobian is None and not is_affine_on(
+                model, x, inject, f, layout, read, omap, J, seed=b
+            ):
+                raise DataError(
+                    f'edges="weight" needs an affine section, but {inject[0]!r} -> '
+                    f"{read[0]!r} is not affine on the data (batch {b}); use "
+                    'edges="squared"'
+                )
+        f64 = f_hat.to(torch.float64)
+        S_b = torch.einsum("bsj,brj->srj", f64, f64)
         S = S_b if S is None else S + S_b
         count += f_hat.shape[0] * f_hat.shape[1]
     assert J is not None and S is not None  # iter_batches raises on empty data

@@ -22,8 +22,6 @@ import torch
 
 from interbasis.errors import NonFiniteError
 
-DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes for one chunk of batched VJPs
-
 
 class GramAccumulator:
     """Streaming count, mean and centred scatter of activations, in float64.
@@ -119,4 +117,3 @@ def check_finite(t: torch.Tensor, what: str, layer: str, batch_index: int) -> No
             f"{n_bad} non-finite values (NaN/Inf) in the {what} of node layer {layer!r} in "
             f"batch {batch_index}"
         )
-

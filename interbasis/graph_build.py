@@ -211,6 +211,7 @@ def build_graph(
         bases = bases_for_run(run, basis, center, fold_bias, truncation, scope, final_basis)
     else:
         _check_bases(run, bases)
+        bases = [b.to(run.device) for b in bases]
     for i, (lo, hi) in enumerate(itertools.pairwise(names)):
         if i in matrices:
             continue
@@ -230,11 +231,12 @@ def build_graph(
         "basis": [b.kind for b in bases] if given else basis,
         "bases_given": given,
         "edges": edges,
-        "center": center,
-        "fold_bias": fold_bias,
-        "truncation": truncation,
-        "scope": scope,
-        "final_basis": final_basis,
+        # options that made the bases (unknown when they were passed in)
+        "center": None if given else center,
+        "fold_bias": None if given else fold_bias,
+        "truncation": None if given else truncation,
+        "scope": None if given else scope,
+        "final_basis": None if given else final_basis,
         "n_points": n_points if edges == "functional" else None,
         "dtype": str(dtype),
         "device": str(run.device),

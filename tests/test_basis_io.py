@@ -53,7 +53,23 @@ def test_foreign_files_are_rejected(tmp_path) -> None:
         Basis.load(tmp_path / "missing.pt")
 
 
-def test_write_is_atomic(bases: list[Basis], tmp_path) -> None:
+def test_write_is_atomic(bases: list[Basis], tmp_path, monkeypatch) -> None:
     with pytest.raises(FileNotFoundError):
         bases[0].save(tmp_path / "no_such_dir" / "b.safetensors")
     assert list(tmp_path.iterdir()) == []
+    target = tmp_path / "b.safetensors"
+    bases[0].save(target)
+    before = target.read_bytes()
+
+    def fail_halfway(tensors, filename, metadata=None):  # type: ignore[no-untyped-def]
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    import safetensors.torch
+
+    monkeypatch.setattr(safetensors.torch, "save_file", fail_halfway)
+    with pytest.raises(OSError, match="disk full"):
+        bases[1].save(target)
+    assert target.read_bytes() == before  # the old file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["b.safetensors"]  # no temporary left

@@ -21,12 +21,13 @@ X = torch.randn(32, 3, dtype=torch.float64)
 
 def test_unknown_node_layer_lists_close_matches() -> None:
     net = mlp([3, 4, 2])
-    with pytest.raises(NodeLayerError, match=r"'3'.*Close matches: \['0', '1', '2'\]|unknown"):
+    with pytest.raises(NodeLayerError, match=r"unknown node layer '3'"):
         build_bases(net, X, ["0", "3"], progress=False)
-    with pytest.raises(NodeLayerError, match="layers.O"):
-        outer = nn.Module()
-        outer.layers = nn.ModuleList([nn.Linear(3, 2).double()])  # type: ignore[assignment]
-        build_bases(outer, X, ["layers.O"], progress=False)
+    outer = nn.Module()
+    outer.layers = nn.ModuleList([nn.Linear(3, 2).double()])  # type: ignore[assignment]
+    with pytest.raises(NodeLayerError, match="unknown node layer 'layers.O'") as err:
+        build_bases(outer.eval(), X, ["layers.O"], progress=False)
+    assert "Close matches: ['layers.0'" in str(err.value)
 
 
 def test_node_layers_out_of_forward_order() -> None:
@@ -148,6 +149,10 @@ def test_option_errors() -> None:
     net = mlp([3, 4, 2])
     with pytest.raises(ValueError, match="center=True needs fold_bias=True"):
         build_bases(net, X, ["0", "output"], fold_bias=False, progress=False)
+    with pytest.raises(ValueError, match="fold_bias=True needs center=True"):
+        build_bases(net, X, ["0", "output"], center=False, progress=False)
+    with pytest.raises(DataError, match="batch_size must be a positive integer"):
+        build_bases(net, X, ["0", "output"], batch_size=0, progress=False)
     with pytest.raises(ValueError, match="basis must be"):
         build_bases(net, X, ["0", "output"], basis="ica", progress=False)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="truncation"):
@@ -155,3 +160,45 @@ def test_option_errors() -> None:
     with pytest.raises(DataError, match="no floating-point tensor input"):
         emb = nn.Sequential(nn.Embedding(5, 3), nn.Linear(3, 2)).double().eval()
         build_bases(emb, torch.randint(0, 5, (8,)), ["0", "1"], progress=False)
+
+
+def test_inf_in_activations_is_named_too() -> None:
+    net = mlp([3, 4, 2])
+    bad = X.clone()
+    bad[3, 0] = float("inf")
+    with pytest.raises(NonFiniteError, match="node layer '0' in batch 0"):
+        build_bases(net, bad, ["0", "2", "output"], progress=False)
+
+
+def test_cut_check_waits_for_a_batch_of_two_and_warns_when_there_is_none() -> None:
+    net = _Residual().eval()
+    with pytest.raises(NodeLayerError, match="not consecutive sections"):  # 1st batch: 1 sample
+        build_bases(net, [X[:1], X[1:]], ["inner", "after", "output"], progress=False)
+    with pytest.warns(UserWarning, match="could not check that the node layers are sections"):
+        build_bases(mlp([3, 4, 2]), [X[:1], X[1:2]], ["0", "2", "output"], progress=False)
+
+
+class _KeywordCall(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(3, 2).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(input=x)
+
+
+class _SequenceFirst(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(3, 2).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, pos, d) -> (pos, batch, d)
+        return self.inner(x.transpose(0, 1)).transpose(0, 1)
+
+
+def test_keyword_inputs_and_sequence_first_modules_are_named() -> None:
+    with pytest.raises(DataError, match="keyword tensor inputs \\['input'\\]"):
+        build_bases(_KeywordCall().eval(), X, ["inner", "output"], progress=False)
+    x = torch.randn(8, 5, 3, dtype=torch.float64)
+    with pytest.raises(DataError, match="first dimension is not the batch"):
+        build_bases(_SequenceFirst().eval(), x, ["inner", "output"], progress=False)

@@ -181,7 +181,7 @@ def test_graph_types_and_metadata() -> None:
         g.layers[1].activation_variance[1:], g.layers[1].eigenvalues[1:], rtol=1e-9
     )
     assert g.metadata["edges"] == "squared" and g.metadata["n_samples"] == 40
-    assert "0" in next(iter(g.to_networkx().nodes))
+    assert next(iter(g.to_networkx().nodes)) == "0:0"
 
 
 def test_bases_from_another_model_are_rejected() -> None:
@@ -193,3 +193,35 @@ def test_bases_from_another_model_are_rejected() -> None:
         build_graph(mlp([3, 4, 2]), x, ["0", "2", "output"], bases=other, progress=False)
     with pytest.raises(ShapeError, match="bases are for"):
         build_graph(mlp([3, 6, 2]), x, ["0", "2", "output"], bases=other[::-1], progress=False)
+
+
+def test_functional_edges_match_a_brute_force_loop() -> None:
+    """Every entry, against autograd per output node and quadrature point (rib-style loop)."""
+    from interbasis.build import prepare
+    from interbasis.edges import functional_edges, gauss_legendre
+
+    net = mlp([3, 6, 8], act=nn.Tanh)  # 8 outputs: M full rank, no node truncated
+    x = torch.randn(40, 3, dtype=torch.float64)
+    bases = build_bases(net, x, ["2", "output"], progress=False)
+    b = bases[0]
+    assert b.n_nodes == 7
+    run = prepare(net, x, ["2", "output"], progress=False)
+    E = functional_edges(
+        run.model, run.batches(), run.injectable("2"), run.module("output"), *bases, n_points=8
+    )
+    h = _acts(net, x, "2")
+    f_hat = b.transform(h)
+    out_1 = net[2](h)
+    ref = torch.zeros(8, 7, dtype=torch.float64)
+    for alpha, w in zip(*gauss_legendre(8), strict=True):
+        scale = torch.ones(7, dtype=torch.float64)
+        scale[1:] = float(alpha)
+        fa = (f_hat * scale).detach().requires_grad_(True)
+        out_a = net[2](b.inverse_transform(fa))
+        for i in range(8):
+            F_i = ((out_1[:, i] - out_a[:, i]) ** 2).sum()
+            (g,) = torch.autograd.grad(F_i, fa, retain_graph=True)
+            ref[i] -= float(w) * (g * f_hat).sum(0).detach()
+    ref /= len(x)
+    ref[:, 0] = 0
+    np.testing.assert_allclose(E, ref.numpy(), rtol=1e-9, atol=1e-13 * float(ref.abs().max()))
