@@ -1,0 +1,343 @@
+"""D_LR across grokking: modular division mod 97 with a 2-layer transformer (seed 001 Table 3).
+
+Seed 001 reports D_LR = 0.51 at step 200 (test accuracy 5.2 %) and 0.11 at step 3000
+(99.8 %). This script trains the setup (approximated with our TransformerLens-style model,
+see docs/richness.md), records D_LR on the train and test sets at every evaluation with
+:class:`interbasis.richness.RichnessTracker`, and reports D_LR at the memorisation point
+(train accuracy >= 0.99, test accuracy still low) and after grokking.
+
+Usage::
+
+    python -m experiments.dlr_grokking --weight-decay 1.0 --out results/dlr_grokking_wd1
+    python -m experiments.dlr_grokking --weight-decay 0 --out results/dlr_grokking_wd0
+    python -m experiments.dlr_grokking --report results/dlr_grokking_wd0 results/dlr_grokking_wd1
+
+A killed run continues with ``--resume``. ``--quick`` (seconds, for tests) and
+``--preset small`` (p = 31, a grokking run of a few minutes) shrink the setup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, cast
+
+import matplotlib.pyplot as plt
+import torch
+from torch import nn
+
+from experiments.checkpoint_io import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    read_training_checkpoint,
+)
+from experiments.models import Transformer
+from experiments.run_dir import read_metrics
+from experiments.tasks import Task
+from experiments.train import TrainConfig, build_task, train
+from interbasis import Callback
+from interbasis.plotting.richness import plot_feature_view, plot_richness_history
+from interbasis.richness import RichnessTracker, collect_features, feature_view
+
+MEMORISED = 0.99  # train accuracy that counts as memorised (issue 9)
+LOW_TEST = 0.5  # ... while test accuracy is still below this
+GROKKED = 0.99  # test accuracy that counts as generalised
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # seed 001 / teddykoker: div mod 97, 50 % split, width 128, 4 heads, d_mlp 512, GELU, final
+    # LN, Adam(W) lr 1e-3, betas (0.9, 0.98), batch 512, 10 warm-up steps, MSE on one-hot.
+    "full": dict(p=97, steps=12000, eval_every=100, checkpoint_every=500),
+    "small": dict(
+        p=31,
+        d_model=64,
+        n_heads=4,
+        d_head=16,
+        d_mlp=256,
+        lr=3e-3,
+        steps=4000,
+        eval_every=100,
+        checkpoint_every=1000,
+        batch_size=None,
+    ),
+    "quick": dict(
+        p=23,
+        d_model=32,
+        n_heads=2,
+        d_head=16,
+        d_mlp=64,
+        lr=3e-3,
+        steps=60,
+        eval_every=20,
+        checkpoint_every=30,
+        batch_size=None,
+    ),
+}
+
+
+def config(preset: str = "full", weight_decay: float = 1.0, **overrides: Any) -> TrainConfig:
+    """The training configuration of a preset (``full`` reproduces the seed's setting)."""
+    base: dict[str, Any] = dict(
+        task="div", frac_train=0.5, n_layers=2, d_model=128, n_heads=4, d_head=32, d_mlp=512,
+        act_fn="gelu", normalization_type="LN", optimizer="adamw", lr=1e-3, betas=(0.9, 0.98),
+        warmup_steps=10, loss="mse", batch_size=512, threads=1, progress=False,
+    )  # fmt: skip
+    return TrainConfig(**{**base, **PRESETS[preset], "weight_decay": weight_decay, **overrides})
+
+
+class FreezeHeadBias(Callback):
+    """Keep ``unembed.b_U`` at zero and out of the update: the seed's head has no bias."""
+
+    def on_train_begin(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        bias = cast(nn.Parameter, model.get_submodule("unembed").b_U)
+        with torch.no_grad():
+            bias.zero_()
+        bias.requires_grad_(False)  # no gradient -> AdamW skips it (update and decay)
+
+
+def init_like_seed_code(model: Transformer, seed: int) -> None:
+    """Re-draw the weights as teddykoker/grokking's PyTorch defaults do (seed 001's code base).
+
+    Embeddings ~ N(0, 1) (``nn.Embedding``); attention in-projections Xavier-uniform with zero
+    biases (``nn.MultiheadAttention``); the other ``nn.Linear`` weights and biases
+    ~ U(±1/√fan_in); unbiased head. Our TransformerLens default, N(0, (0.8/√d)²) everywhere,
+    gives embeddings 14× smaller; with them the model generalises while it memorises (no
+    grokking delay, see docs/richness.md).
+    """
+    d, d_mlp = model.cfg.d_model, model.cfg.d_mlp
+    bounds = {  # U(±bound): nn.Linear's default is 1/sqrt(fan_in) for weight and bias
+        "W_Q": math.sqrt(6 / (d + 3 * d)),  # Xavier-uniform on the (3d, d) in_proj
+        "W_K": math.sqrt(6 / (d + 3 * d)),
+        "W_V": math.sqrt(6 / (d + 3 * d)),
+        "W_O": 1 / math.sqrt(d),
+        "W_in": 1 / math.sqrt(d),
+        "b_in": 1 / math.sqrt(d),
+        "W_out": 1 / math.sqrt(d_mlp),
+        "b_out": 1 / math.sqrt(d_mlp),
+        "W_U": 1 / math.sqrt(d),
+    }
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf in ("W_E", "W_pos"):
+                param.copy_(torch.randn(param.shape, generator=gen, dtype=torch.float64))
+            elif leaf in bounds:
+                unit = torch.rand(param.shape, generator=gen, dtype=torch.float64) * 2 - 1
+                param.copy_(unit * bounds[leaf])
+            # attention and head biases stay 0, LayerNorm weights (1, 0)
+
+
+class SeedCodeInit(Callback):
+    """Apply :func:`init_like_seed_code` once, on a fresh start (not again on resume)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed, self.done = seed, False
+
+    def on_train_begin(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if not self.done:
+            init_like_seed_code(cast(Transformer, model), self.seed)
+            self.done = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"done": self.done}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.done = bool(state["done"])
+
+
+def make_tracker(task: Task, every: int) -> RichnessTracker:
+    """D_LR and baselines on the full train and test splits; Φ = the input of ``unembed``."""
+    return RichnessTracker(
+        {"train": task.split("train"), "test": task.split("test")},
+        feature_module="unembed",
+        every=every,
+    )
+
+
+def run(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> list[dict[str, Any]]:
+    """Train (or resume) one run; write and return ``richness.jsonl`` records per step."""
+    out = Path(out_dir)
+    task = build_task(cfg)
+    tracker = make_tracker(task, cfg.eval_every)
+    callbacks = [SeedCodeInit(cfg.seed), FreezeHeadBias(), tracker]  # order: init first
+    train(cfg, out, callbacks=callbacks, resume=resume)
+    metrics = {r["step"]: r for r in read_metrics(out)}
+    records = [{**metrics.get(r["step"], {}), **r} for r in tracker.history]
+    (out / "richness.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def load_records(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Records of a run: ``richness.jsonl`` when the run finished, else (a killed or running
+    run) the tracker history in its latest checkpoint, merged with ``metrics.jsonl``."""
+    run_dir = Path(run_dir)
+    done = run_dir / "richness.jsonl"
+    if done.is_file():
+        return [json.loads(line) for line in done.read_text().splitlines()]
+    ckpt = read_training_checkpoint(latest_checkpoint(run_dir))
+    names = ckpt["extra"]["callback_names"]
+    if "RichnessTracker" not in names:
+        raise FileNotFoundError(f"{run_dir}: no richness.jsonl and no RichnessTracker state")
+    history = ckpt["extra"]["callbacks"][names.index("RichnessTracker")]["history"]
+    metrics = {r["step"]: r for r in read_metrics(run_dir)}
+    return [{**metrics.get(r["step"], {}), **r} for r in history]
+
+
+def key_points(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """D_LR at the memorisation point, its peak while memorising, after grokking, at the end.
+
+    ``memorisation``: first record with train accuracy >= 0.99 and test accuracy < 0.5.
+    ``peak_memorising``: largest test D_LR among records that fit at least half of the train
+    set but not half of the test set (after the early plateau, where outputs are nearly
+    uniform and D_LR collapses, and before generalisation). ``grokking``: first record with
+    test accuracy >= 0.99. Ratios divide a "before" value by the final test D_LR.
+    """
+    by_step = sorted(records, key=lambda r: r["step"])
+
+    def acc(r: dict[str, Any], split: str) -> float:
+        return float(r.get(f"{split}_acc") or 0.0)
+
+    memorised = [r for r in by_step if acc(r, "train") >= MEMORISED and acc(r, "test") < LOW_TEST]
+    memorising = [r for r in by_step if acc(r, "train") >= 0.5 and acc(r, "test") < LOW_TEST]
+    grok = next((r for r in by_step if acc(r, "test") >= GROKKED), None)
+    last = by_step[-1]
+    out: dict[str, Any] = {"final": _point(last)}
+    before = {}
+    if memorised:
+        out["memorisation"] = before["memorisation"] = _point(memorised[0])
+    if memorising:
+        peak = max(memorising, key=lambda r: r["test/d_lr"])
+        out["peak_memorising"] = before["peak_memorising"] = _point(peak)
+    if grok is not None:
+        out["grokking"] = _point(grok)
+        for name, point in before.items():
+            out[f"test_d_lr_ratio_{name}_to_final"] = point["test/d_lr"] / last["test/d_lr"]
+    for step in (200, 2000, 3000, 30000):  # the seed's steps 200 / 3000, as updates or epochs
+        match = [r for r in by_step if r["step"] == step]
+        if match:
+            out[f"step_{step}"] = _point(match[0])
+    return out
+
+
+def _point(r: dict[str, Any]) -> dict[str, Any]:
+    keys = ("step", "train_acc", "test_acc", "train/d_lr", "test/d_lr", "test/d_lr_projection",
+            "test/s_init", "test/nc1", "test/tr_sigma_w", "param_norm_sq")  # fmt: skip
+    return {k: r.get(k) for k in keys}
+
+
+def spectral_views(run_dir: Path, steps: Sequence[int]) -> dict[str, Any]:
+    """Feature views (ρ_k, Π*, Π̂) from the checkpoints nearest to ``steps`` (at or before)."""
+    cfg = TrainConfig(**json.loads((run_dir / "run.json").read_text())["config"])
+    task = build_task(cfg)
+    ckpts = list_checkpoints(run_dir)
+    views = {}
+    for step in steps:
+        before = [(s, path) for s, path in ckpts if s <= step]
+        if not before:
+            continue
+        s, path = before[-1]
+        model = load_checkpoint(path)
+        phi_tr, _ = collect_features(model, task.train_inputs, "unembed")
+        phi_te, out_te = collect_features(model, task.test_inputs, "unembed")
+        onehot = nn.functional.one_hot(task.test_targets, out_te.shape[1]).double()
+        views[f"step {s}"] = feature_view(phi_tr, phi_te, onehot, out_te)
+    return views
+
+
+def report(run_dirs: Sequence[str | Path], figure_dir: str | Path) -> dict[str, Any]:
+    """Figure (accuracies + D_LR per run, spectral views) and JSON of the reported numbers."""
+    runs = {}
+    for run_dir in map(Path, run_dirs):
+        records = load_records(run_dir)
+        wd = json.loads((run_dir / "run.json").read_text())["config"]["weight_decay"]
+        runs[f"weight decay {wd:g}"] = (run_dir, records)
+    n = len(runs)
+    fig, axes = plt.subplots(2, max(n, 3), figsize=(5 * max(n, 3), 8), constrained_layout=True)
+    summary: dict[str, Any] = {}
+    for i, (name, (run_dir, records)) in enumerate(runs.items()):
+        points = key_points(records)
+        summary[name] = {"run_dir": str(run_dir), **points}
+        steps = [r["step"] for r in records]
+        marks: dict[str, float] = {
+            k: points[k]["step"] for k in ("memorisation", "grokking") if k in points
+        }
+        plot_richness_history(
+            steps,
+            {
+                "D_LR train": [r["train/d_lr"] for r in records],
+                "D_LR test": [r["test/d_lr"] for r in records],
+            },
+            {
+                "train acc": [r["train_acc"] for r in records],
+                "test acc": [r["test_acc"] for r in records],
+            },
+            marks=marks,
+            ax=axes[0, i],
+        )
+        axes[0, i].set_title(f"div mod p, {name}")
+    if n < axes.shape[1]:  # a free slot: test-set D_LR of every run on one axis
+        for name, (_, records) in runs.items():
+            axes[0, n].semilogy([r["step"] for r in records], [r["test/d_lr"] for r in records],
+                                label=name)  # fmt: skip
+        axes[0, n].set(title="test-set D_LR", xlabel="step (optimizer updates)", ylabel="D_LR")
+        axes[0, n].legend(fontsize=8)
+        axes[0, n].grid(alpha=0.3)
+    for ax in axes[0, n + 1 :]:
+        ax.axis("off")
+    grokked = [(name, run) for name, run in runs.items() if "grokking" in summary[name]]
+    if grokked:
+        name, (run_dir, _) = grokked[-1]
+        first = summary[name].get("memorisation") or summary[name].get("peak_memorising")
+        view_steps = [first["step"], summary[name]["final"]["step"]] if first else []
+        views = spectral_views(run_dir, view_steps)
+        plot_feature_view(views, max_k=64, axes=list(axes[1, :3]))
+        axes[1, 0].set_ylabel(f"{name}: memorisation vs end")
+    for ax in axes[1, (3 if grokked else 0) :]:
+        ax.axis("off")
+    figure_dir = Path(figure_dir)
+    figure_dir.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure_dir / "dlr_grokking.png", dpi=110)
+    plt.close(fig)
+    (figure_dir / "dlr_grokking.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.dlr_grokking",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--out", help="run directory (training mode)")
+    parser.add_argument("--weight-decay", type=float, default=1.0)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    parser.add_argument("--quick", action="store_true", help="same as --preset quick")
+    parser.add_argument("--steps", type=int, help="override the preset's number of updates")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--report", nargs="+", metavar="RUN_DIR", help="report on finished runs")
+    parser.add_argument("--figure-dir", default="docs/figures")
+    args = parser.parse_args(argv)
+    if args.report:
+        print(json.dumps(report(args.report, args.figure_dir), indent=1))
+        return 0
+    if not args.out:
+        parser.error("--out is required unless --report is given")
+    preset = "quick" if args.quick else args.preset
+    cfg = config(preset, args.weight_decay, device=args.device)
+    if args.steps is not None:
+        cfg = replace(cfg, steps=args.steps)
+    print(json.dumps({"config": asdict(cfg)}))
+    records = run(cfg, args.out, resume=args.resume)
+    print(json.dumps(key_points(records), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
