@@ -5,6 +5,7 @@ Subcommands::
     interbasis demo  [--out DIR]                      the README demo on the shipped checkpoint
     interbasis graph CHECKPOINT --layers ... [--data train|test|all|FILE.pt] --out DIR
     interbasis train ...                              the training harness (experiments.train)
+    interbasis atlas CHECKPOINT_OR_RUN_DIR --out DIR  graph ↔ Hessian ↔ D_LR ↔ spectral edge
 
 ``graph`` and ``demo`` write ``graph.graphml``, ``graph.npz``, ``graph.png`` and
 ``summary.json`` (node counts, edge sparsity, modules, timings) to the output directory.
@@ -148,6 +149,12 @@ def _cmd_train(rest: Sequence[str]) -> int:
     return int(train_main(list(rest)) or 0)
 
 
+def _cmd_atlas(rest: Sequence[str]) -> int:
+    from interbasis.links.cli import atlas_command
+
+    return atlas_command(list(rest))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="interbasis", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -179,6 +186,12 @@ def parser() -> argparse.ArgumentParser:
     graph.add_argument("--no-modules", action="store_true", help="skip the module search")
     graph.add_argument("--quiet", action="store_true", help="no progress bars")
     sub.add_parser("train", help="train a model (see `interbasis train --help`)", add_help=False)
+    sub.add_parser(
+        "atlas",
+        help="HTML + JSON report linking graph, Hessian, D_LR and spectral edge "
+        "(see `interbasis atlas --help`)",
+        add_help=False,
+    )
     return p
 
 
@@ -186,6 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
         return _cmd_train(argv[1:])
+    if argv[:1] == ["atlas"]:
+        from interbasis.performance import tune_allocator
+
+        tune_allocator()
+        return _cmd_atlas(argv[1:])
     args = parser().parse_args(argv)
     from graphs import GraphError
     from interbasis.performance import tune_allocator

@@ -1,0 +1,251 @@
+"""The atlas: one model (or one training run) seen through every view, as HTML + JSON.
+
+:func:`model_report` builds the interaction graph of a model and links it to the Hessian
+(:mod:`.hessian`: eigenvector energy per module, curvature masses; the Hessian block of the
+graph's weight layers; the behavioural null space attributed to degeneracy mechanisms), to
+D_LR (:mod:`.dlr`) and to parameter directions (:mod:`.edge`: the spectral edge of a run, or
+the top Hessian eigenvectors of a lone checkpoint, against random directions).
+:func:`series_report` adds the time axis of a run (:mod:`.series`): per checkpoint graph
+size, modules and their stability, D_LR, top Hessian eigenvalues and the spectral gap, with
+the memorisation and grokking steps marked; the deep dive is on the last checkpoint.
+:func:`write_atlas` renders the report (:mod:`.report`) and writes ``atlas.html`` and
+``atlas.json`` all-or-nothing.
+
+Every number the HTML shows is a value of the report dictionary, which is the JSON.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from interbasis.curvature import ParamLayout
+from interbasis.links.jvp import Layout
+from interbasis.links.report import check_writable, image, kv_table, page, table, write_files
+from interbasis.links.sections import (
+    AtlasData,
+    AtlasSettings,
+    dlr_section,
+    edge_section,
+    graph_section,
+    hessian_section,
+)
+from interbasis.links.series import CheckpointSeries, ModelSummary, spectral_gaps, summarize_model
+from interbasis.links.stages import find_graph_stages
+from interbasis.spectral_edge import select_parameters
+
+__all__ = ["AtlasData", "AtlasSettings", "model_report", "render", "series_report", "write_atlas"]
+
+
+def _figures(report: dict[str, Any], s: ModelSummary, n_dir: int) -> dict[str, bytes]:
+    from graphs import draw_graph
+    from interbasis.plotting.links import (
+        figure_png,
+        plot_dlr,
+        plot_edge_movement,
+        plot_hessian_shares,
+    )
+
+    figures = {"graph": figure_png(draw_graph(s.graph.with_modules(s.partition)).figure)}
+    for key, block in (
+        ("hessian", report["hessian"]["full"]),
+        ("block", report["hessian"]["block"]),
+    ):
+        if block:
+            lams = [r["lambda"] for r in block["rows"]]
+            figures[key] = figure_png(plot_hessian_shares(lams, block["columns"], block["shares"]))
+    d = report["dlr"]
+    figures["dlr"] = figure_png(
+        plot_dlr(
+            {r["layer"]: r["d_lr_nodes"] for r in d["layers"]},
+            {r["layer"]: r["d_lr_neurons"] for r in d["layers"]},
+            {r["module"]: r["d_lr"] for r in d["modules"]},
+        )
+    )
+    e = report["edge"]
+    match = [r.get("match") for r in e["rows"]] if "controls" in e else None
+    figures["edge"] = figure_png(
+        plot_edge_movement(
+            [r["direction"] for r in e["rows"]][:n_dir], e["modules"], e["module_moved"][:n_dir],
+            match[:n_dir] if match else None, match[n_dir:] if match else None,
+        )
+    )  # fmt: skip
+    return figures
+
+
+def settings_record(data: AtlasData, settings: AtlasSettings) -> dict[str, Any]:
+    """Every setting, seed and version of an atlas (the report's ``settings``)."""
+    from interbasis import __version__
+
+    return {
+        **data.description,
+        **settings.as_dict(),
+        "interbasis_version": __version__,
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def model_report(
+    model: nn.Module,
+    data: AtlasData,
+    settings: AtlasSettings,
+    *,
+    summary: ModelSummary | None = None,
+    directions: torch.Tensor | None = None,
+    direction_layout: Layout | None = None,
+    direction_source: str = "",
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Report dictionary and PNG figures of one model (module docstring).
+
+    ``directions`` ``(k, P)`` in ``direction_layout`` (e.g. spectral-edge directions);
+    default: the top ``settings.n_edge`` Hessian eigenvectors.
+    """
+    s = summary or summarize_model(
+        model, data.inputs, settings.node_layers, data.loss_fn, data.loss_data, k=settings.k,
+        seed=settings.seed, stability_seeds=settings.stability_seeds, tol=settings.lanczos_tol,
+    )  # fmt: skip
+    _, notes = find_graph_stages(model, data.inputs, settings.node_layers)
+    report: dict[str, Any] = {"settings": settings_record(data, settings)}
+    report["graph"] = graph_section(s, notes)
+    report["graph"].update(d_lr=s.numbers["d_lr"], hessian_top=s.numbers["hessian_top"])
+    report["hessian"] = hessian_section(model, s, data, settings)
+    report["dlr"] = dlr_section(model, s, data)
+    if directions is None or direction_layout is None:
+        directions = s.eigenpairs.vectors[:, : settings.n_edge].T
+        direction_layout = ParamLayout.from_model(model)
+        direction_source = "top Hessian eigenvectors (no training history)"
+    report["edge"] = edge_section(
+        model, s, data, settings, directions, direction_layout, direction_source
+    )
+    return report, _figures(report, s, len(directions))
+
+
+def _pick(n: int, most: int) -> list[int]:
+    """Up to ``most`` evenly spread indices of ``range(n)``, first and last included."""
+    if n <= most:
+        return list(range(n))
+    return sorted({round(float(x)) for x in np.linspace(0, n - 1, most)})
+
+
+def series_report(
+    series: CheckpointSeries,
+    data: AtlasData,
+    settings: AtlasSettings,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Report and figures of a training run: the time axis plus the last checkpoint's atlas."""
+    from interbasis.plotting.links import figure_png, plot_series
+
+    gaps = spectral_gaps(series, settings.edge_params, settings.window)
+    rows, last = [], None
+    for i in _pick(len(series), settings.max_checkpoints):
+        if progress:
+            progress(f"checkpoint step {series.steps[i]}")
+        model = series.model(i)
+        s = summarize_model(
+            model, data.inputs, settings.node_layers, data.loss_fn, data.loss_data,
+            k=settings.k, seed=settings.seed, stability_seeds=settings.stability_seeds,
+            tol=settings.lanczos_tol,
+        )  # fmt: skip
+        rec = series.record(series.steps[i])
+        row: dict[str, Any] = {"step": series.steps[i]}
+        keys = ("graph_size", "assigned_nodes", "edges_90", "n_modules", "stability", "d_lr")
+        for key in keys:
+            row[key] = s.numbers[key]
+        for layer, value in s.numbers["d_lr_layers"].items():
+            row[f"d_lr:{layer}"] = value
+        for j, lam in enumerate(s.numbers["hessian_top"]):
+            row[f"lambda_{j + 1}"] = lam
+        row.update(gap=gaps[i].get("gap"), k_star=gaps[i].get("k_star"))
+        row.update(train_acc=rec.get("train_acc"), test_acc=rec.get("test_acc"))
+        rows.append(row)
+        last = (model, s)
+    assert last is not None
+    model, s = last
+    g = gaps[-1]
+    layout, dirs, source = None, None, ""
+    if "directions" in g:
+        layout = select_parameters(model, settings.edge_params)
+        dirs, source = g["directions"][: settings.n_edge], f"spectral edge at step {g['step']}"
+    report, figures = model_report(
+        model, data, settings, summary=s, directions=dirs, direction_layout=layout,
+        direction_source=source,
+    )  # fmt: skip
+    report["series"] = {
+        "rows": rows,
+        "checkpoints": len(series),
+        "memorization_step": series.memorization_step,
+        "grokking_step": series.grokking_step,
+        "deep_dive_step": series.steps[-1],
+    }
+    marks = {"memorised": series.memorization_step, "grokked": series.grokking_step}
+    figures["series"] = figure_png(plot_series(rows, marks))
+    return report, figures
+
+
+def _hessian_html(h: dict[str, Any], figures: dict[str, bytes]) -> str:
+    out = f"<p class='note'>graph stages: {'; '.join(h['stages']) or 'none'}</p>"
+    full = h["full"]
+    out += f"<h3>Top eigenvectors of the full Hessian ({h['method']})</h3>"
+    out += table(full["rows"]) + image(figures, "hessian", "Hessian shares")
+    out += table(full["mass"] + [{"category": "sum of eigenvalues", "mass": full["sum_lambda"]}])
+    block = h["block"]
+    if block:
+        out += f"<h3>Hessian block of the graph stages ({block['method']})</h3>"
+        keys = ("n_params", "trace", "floor", "zero_count", "zero_invisible")
+        out += table([{k: block[k] for k in keys if k in block}])
+        out += table(block["rows"]) + image(figures, "block", "block shares")
+        out += table(
+            block["mass"] + [{"category": "sum of eigenvalues", "mass": block["sum_lambda"]}]
+        )
+    null = h["null_space"]
+    out += "<h3>Null space of the behavioural-loss Hessian</h3>"
+    if "note" in null:
+        sizes = {k: null[k] for k in ("n_params", "max_dense")}
+        return out + f"<p class='note'>{null['note']}</p>" + table([sizes])
+    shown = ("n_params", "nullity", "largest_zero", "smallest_nonzero", "union_dim")
+    return (
+        out + table([{k: null[k] for k in (*shown, "min_union_share")}]) + table(null["mechanisms"])
+    )
+
+
+def render(report: dict[str, Any], figures: dict[str, bytes]) -> str:
+    """The HTML page of a report (every number on it is a value of ``report``)."""
+    sec: list[tuple[str, str]] = [("Settings and seeds", kv_table(report["settings"]))]
+    if "series" in report:
+        s = report["series"]
+        marks = ("checkpoints", "memorization_step", "grokking_step", "deep_dive_step")
+        body = table([{k: s[k] for k in marks}]) + image(figures, "series", "series")
+        sec.append(("Training run", body + table(s["rows"])))
+    g = report["graph"]
+    summary = ("graph_size", "n_modules", "unassigned", "stability", "d_lr")
+    body = table([{k: g[k] for k in summary}]) + table(g["layers"])
+    body += table([{"module": f"m{i}", "nodes": n} for i, n in enumerate(g["module_sizes"])])
+    sec.append(("Interaction graph and modules", body + image(figures, "graph", "graph")))
+    sec.append(("Hessian and the graph", _hessian_html(report["hessian"], figures)))
+    d = report["dlr"]
+    body = table(d["layers"]) + table(d["modules"]) + image(figures, "dlr", "D_LR")
+    sec.append(("D_LR and the graph", body))
+    e = report["edge"]
+    body = f"<p class='note'>directions: {e['source']}; Fourier labels at {e['fourier_layer']}</p>"
+    body += table(e["rows"]) + image(figures, "edge", "directions")
+    if "controls" in e:
+        body += table([e["controls"]])
+    sec.append(("Parameter directions and the graph", body))
+    return page(report.get("title", "interbasis atlas"), sec)
+
+
+def write_atlas(
+    report: dict[str, Any], figures: dict[str, bytes], out_dir: str | os.PathLike[str]
+) -> tuple[Path, Path]:
+    """Render and write ``atlas.html`` + ``atlas.json`` into ``out_dir`` (both or neither)."""
+    check_writable(out_dir)
+    return write_files(out_dir, render(report, figures), report)
