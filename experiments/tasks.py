@@ -12,7 +12,6 @@ shipped checkpoint, in rib's order.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from interbasis import DataError
+from interbasis.spectral_edge.groups import discrete_log_table, is_prime
+from interbasis.spectral_edge.groups import primitive_root as primitive_root  # re-export
 
 MODULAR_OPS = ("add", "sub", "mul", "div", "x2y2")
 REGRESSION_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -114,41 +115,18 @@ class Task:
         )
 
 
-def is_prime(n: int) -> bool:
-    """Trial division (p is at most a few thousand here)."""
-    if n < 2:
-        return False
-    return all(n % d for d in range(2, math.isqrt(n) + 1))
-
-
 def _check_prime(p: int, why: str) -> None:
     if not is_prime(p):
         raise DataError(f"p={p} is not prime, but {why} needs a field Z_p (p prime)")
 
 
-def primitive_root(p: int) -> int:
-    """Smallest generator of the multiplicative group of Z_p (p prime)."""
-    _check_prime(p, "a primitive root")
-    phi = p - 1
-    factors = {d for d in range(2, phi + 1) if phi % d == 0 and is_prime(d)}
-    for g in range(1, p):
-        if all(pow(g, phi // q, p) != 1 for q in factors):
-            return g
-    raise AssertionError("unreachable: Z_p^* is cyclic")  # pragma: no cover
-
-
 def discrete_log(p: int) -> torch.Tensor:
     """``dlog[x]`` with ``g**dlog[x] = x mod p`` (g = :func:`primitive_root`); ``dlog[0] = -1``.
 
-    Returns LongTensor (p,).
+    Returns LongTensor (p,). :func:`is_prime`, :func:`primitive_root` and the table come from
+    :mod:`interbasis.spectral_edge.groups`.
     """
-    g = primitive_root(p)
-    table = torch.full((p,), -1, dtype=torch.long)
-    value = 1
-    for k in range(p - 1):
-        table[value] = k
-        value = value * g % p
-    return table
+    return torch.from_numpy(discrete_log_table(p))
 
 
 def modular_inverse(b: int, p: int) -> int:

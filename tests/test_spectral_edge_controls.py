@@ -77,7 +77,7 @@ def test_ablation_closed_form_and_restores_model() -> None:
         at = m.blocks[0].attn
         return float(torch.cat([at.W_Q.reshape(-1), at.W_K]).norm())
 
-    edge = torch.zeros(2, layout.numel, dtype=torch.float64)
+    edge = torch.zeros(2, layout.size, dtype=torch.float64)
     edge[0, 0], edge[1, 7] = 1.0, 1.0  # coordinate directions
     res = ablate_directions(model, layout, edge, tracked_norm, n_random=4)
     removed = float(torch.sqrt(theta[0] ** 2 + theta[7] ** 2))
@@ -88,7 +88,9 @@ def test_ablation_closed_form_and_restores_model() -> None:
     assert np.all(res.random_subspace <= res.baseline + 1e-12)  # projections shrink θ
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
-    with pytest.raises(ShapeError, match=f"length {layout.numel}"):
+    one = ablate_directions(model, layout, edge[0], tracked_norm, n_random=2)  # shape (n,)
+    assert one.removed_norm == pytest.approx(float(theta[0].abs()), rel=1e-12)
+    with pytest.raises(ShapeError, match=f"length {layout.size}"):
         ablate_directions(model, layout, torch.ones(1, 3), tracked_norm)
 
 

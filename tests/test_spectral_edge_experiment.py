@@ -35,3 +35,19 @@ def test_quick_run_tracks_and_writes_table(tmp_path: Path) -> None:
     mtime = (out / "add_s0" / "analysis.json").stat().st_mtime
     assert main(["--quick", "--out", str(out)]) == 0
     assert (out / "add_s0" / "analysis.json").stat().st_mtime == mtime
+
+
+def test_quick_multitask_run_measures_each_op(tmp_path: Path) -> None:
+    """x²+y² alone and in the multitask model: per-op rows, dlog gain, amplification line."""
+    out = tmp_path / "out"
+    assert main(["--quick", "--op", "x2y2", "multitask", "--out", str(out)]) == 0
+    run = json.loads((out / "multitask_s0" / "analysis.json").read_text())
+    ops = run["windows"]["final"]["ops"]
+    assert set(ops) == {"add", "mul", "x2y2"}
+    gain = np.asarray(ops["mul"]["F"]["dlog"]) / np.asarray(ops["mul"]["F"]["prod"])
+    assert np.all(np.isfinite(gain)) and np.all(gain > 0)
+    table = (out / "table.md").read_text()
+    for row in ("| multitask/add | final | F sum |", "| multitask/mul | final | dlog gain"):
+        assert row in table
+    assert "| x2y2 | final | F prod |" in table
+    assert "Multitask amplification (seed: 2.3×)" in table

@@ -68,6 +68,10 @@ def test_not_prime_is_an_error() -> None:
     a, b = pairs(9, nonzero=True)
     with pytest.raises(DataError, match="p=9 is not prime"):
         group_keys(a, b, 9, "dlog")
+    with pytest.raises(DataError, match="p=9 is not prime"):
+        discrete_log_table(9)
+    with pytest.raises(DataError, match="p=9 is not prime"):
+        dlog_grid(np.zeros((9, 9)), 9)
     group_keys(*pairs(9), 9, "sum")  # additive groupings need no prime
 
 
@@ -221,7 +225,7 @@ def test_delta_mode_matches_manual_perturbation(tiny) -> None:
     model, x = tiny
     layout = select_parameters(model)
     assert layout.names == tuple(f"blocks.0.attn.W_{c}" for c in "QKVO")
-    v = torch.randn(layout.numel, dtype=torch.float64)
+    v = torch.randn(layout.size, dtype=torch.float64)
     eps = 0.05
     delta = functional_mode(model, layout, v, x, kind="delta", epsilon=eps)
     ref = TinyTransformer().double()
@@ -244,7 +248,7 @@ def test_delta_mode_matches_manual_perturbation(tiny) -> None:
 def test_default_epsilon_is_relative_to_tracked_norm(tiny) -> None:
     model, x = tiny
     layout = select_parameters(model)
-    v = torch.randn(layout.numel)
+    v = torch.randn(layout.size)
     theta_norm = float(
         torch.cat(
             [p.detach().double().reshape(-1) for n, p in model.named_parameters() if "attn" in n]
@@ -259,7 +263,7 @@ def test_jvp_mode_equals_finite_difference_to_first_order(tiny) -> None:
     """‖Δh − εJv‖ / ‖εJv‖ = O(ε): halving ε halves the relative error."""
     model, x = tiny
     layout = select_parameters(model)
-    v = torch.randn(layout.numel, dtype=torch.float64)
+    v = torch.randn(layout.size, dtype=torch.float64)
     errs = []
     for eps in (1e-2, 5e-3, 2.5e-3):
         delta = functional_mode(model, layout, v, x, kind="delta", epsilon=eps)
@@ -273,7 +277,7 @@ def test_jvp_mode_equals_finite_difference_to_first_order(tiny) -> None:
 def test_batching_does_not_change_mode(tiny) -> None:
     model, x = tiny
     layout = select_parameters(model)
-    v = torch.randn(layout.numel)
+    v = torch.randn(layout.size)
     a = functional_mode(model, layout, v, x, batch_size=5)
     b = functional_mode(model, layout, v, x, batch_size=1000)
     np.testing.assert_allclose(a, b, rtol=1e-12)
@@ -282,20 +286,20 @@ def test_batching_does_not_change_mode(tiny) -> None:
 def test_mode_bad_input(tiny) -> None:
     model, x = tiny
     layout = select_parameters(model)
-    with pytest.raises(ShapeError, match=f"length {layout.numel}"):
-        functional_mode(model, layout, torch.randn(layout.numel + 1), x)
+    with pytest.raises(ShapeError, match=f"length {layout.size}"):
+        functional_mode(model, layout, torch.randn(layout.size + 1), x)
     with pytest.raises(DataError, match="non-zero"):
-        functional_mode(model, layout, torch.zeros(layout.numel), x)
+        functional_mode(model, layout, torch.zeros(layout.size), x)
     with pytest.raises(NodeLayerError, match="ln_nothing"):
-        functional_mode(model, layout, torch.randn(layout.numel), x, readout="ln_nothing")
+        functional_mode(model, layout, torch.randn(layout.size), x, readout="ln_nothing")
     with pytest.raises(DataError, match="kind"):
-        functional_mode(model, layout, torch.randn(layout.numel), x, kind="cubed")  # type: ignore[arg-type]
+        functional_mode(model, layout, torch.randn(layout.size), x, kind="cubed")  # type: ignore[arg-type]
 
 
 def test_several_directions_equal_single_calls(tiny) -> None:
     model, x = tiny
     layout = select_parameters(model)
-    v = torch.randn(3, layout.numel)
+    v = torch.randn(3, layout.size)
     many = functional_mode(model, layout, v, x, kind="delta", batch_size=20)
     assert many.shape == (3, x.shape[0], 8)
     for i in range(3):

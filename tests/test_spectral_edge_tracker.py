@@ -13,11 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from interbasis.curvature import ParamLayout
 from interbasis.errors import DataError, ShapeError
 from interbasis.spectral_edge import (
     SpectralEdgeTracker,
     edge_energy_shares,
+    flatten_params,
     select_parameters,
+    unflatten,
     window_spectrum,
 )
 
@@ -100,7 +103,7 @@ def test_snapshot_interval_sums_steps() -> None:
     center=st.booleans(),
 )
 def test_window_spectrum_matches_brute_force_gram(u: np.ndarray, shift: np.ndarray, center: bool):
-    """σ² are the eigenvalues of the (centred) Gram U Uᵀ; U Uᵀ... and centring ignores shifts."""
+    """σ² are the eigenvalues of the (centred) Gram U Uᵀ, and centring ignores shifts."""
     spec = window_spectrum(torch.from_numpy(u), center=center)
     uc = u - u.mean(axis=0) if center else u
     eig = np.sort(np.linalg.eigvalsh(uc @ uc.T))[::-1]
@@ -324,6 +327,22 @@ def test_filter_selecting_nothing() -> None:
     with pytest.raises(DataError, match="not parameters"):
         select_parameters(model, ["weight", "bogus"])
     assert select_parameters(model, lambda n, p: n == "bias").names == ("bias",)
+
+
+def test_layout_is_the_curvature_layout_and_round_trips() -> None:
+    """select_parameters builds the curvature package's ParamLayout (one flat order)."""
+    model = TinyNet()
+    layout = select_parameters(model, ["head.bias", "blocks.0.attn.W_Q"])
+    assert isinstance(layout, ParamLayout)
+    assert layout.names == ("blocks.0.attn.W_Q", "head.bias")  # named_parameters() order
+    assert layout == ParamLayout.from_model(model, ["blocks.0.attn.W_Q", "head.bias"])
+    theta = flatten_params(model, layout)
+    assert theta.dtype == torch.float64 and theta.shape == (12 + 2,)
+    np.testing.assert_array_equal(theta[:12], model.blocks[0].attn.W_Q.detach().reshape(-1))
+    parts = unflatten(theta, layout)
+    assert torch.equal(parts["head.bias"], model.head.bias.detach().double())
+    with pytest.raises(ShapeError, match="length 14"):
+        unflatten(theta[:-1], layout)
 
 
 def test_parameter_changing_shape_is_an_error() -> None:

@@ -17,7 +17,12 @@ import torch
 
 from interbasis.errors import DataError, RankError
 from interbasis.spectral_edge.controls import random_directions
-from interbasis.spectral_edge.parameters import ParamLayout, flatten_params, unflatten
+from interbasis.spectral_edge.parameters import (
+    ParamLayout,
+    check_vector,
+    flatten_params,
+    unflatten,
+)
 
 
 def project_out(theta: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
@@ -89,15 +94,16 @@ def ablate_directions(
     ----------
     model : torch.nn.Module
     layout : ParamLayout
-    directions : torch.Tensor, shape (k, n)
+    directions : torch.Tensor, shape (k, n) or (n,)
     evaluate : callable
         ``evaluate(model) -> float``, e.g. test accuracy.
     n_random : int
         Number of random draws for each control.
     seed : int
     """
+    directions = directions[None] if directions.ndim == 1 else directions
     for i in range(directions.shape[0]):
-        layout.check_vector(directions[i], what=f"directions[{i}]")
+        check_vector(layout, directions[i], what=f"directions[{i}]")
     theta = flatten_params(model, layout)
     with torch.no_grad():
         return _ablate(model, layout, directions, theta, evaluate, n_random, seed)

@@ -19,6 +19,7 @@ group isomorphism Z_p^× ≅ Z_{p−1}, which turns multiplication into addition
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -33,7 +34,7 @@ def is_prime(p: int) -> bool:
     """Trial division (p is a task modulus, at most a few thousand)."""
     if p < 2:
         return False
-    return all(p % d for d in range(2, int(p**0.5) + 1))
+    return all(p % d for d in range(2, math.isqrt(p) + 1))
 
 
 def _require_prime(p: int, why: str) -> None:
@@ -42,7 +43,7 @@ def _require_prime(p: int, why: str) -> None:
 
 
 def primitive_root(p: int) -> int:
-    """Smallest generator g of the multiplicative group Z_p^× (p prime)."""
+    """Smallest generator g of the multiplicative group Z_p^× (p prime; 1 for p = 2)."""
     _require_prime(p, "primitive roots")
     if p == 2:
         return 1

@@ -23,7 +23,12 @@ import torch
 from torch.func import functional_call, jvp
 
 from interbasis.errors import DataError, NodeLayerError, NonFiniteError, ShapeError
-from interbasis.spectral_edge.parameters import ParamLayout, flatten_params, unflatten
+from interbasis.spectral_edge.parameters import (
+    ParamLayout,
+    check_vector,
+    flatten_params,
+    unflatten,
+)
 
 ModeKind = Literal["squared", "delta", "jvp"]
 
@@ -119,7 +124,7 @@ def functional_mode(
     if dirs.ndim != 2:
         raise ShapeError(f"direction must be (n,) or (k, n), got {tuple(dirs.shape)}")
     for i in range(dirs.shape[0]):
-        layout.check_vector(dirs[i])
+        check_vector(layout, dirs[i])
     dirs = dirs.to(torch.float64)
     norms = torch.linalg.vector_norm(dirs, dim=1)
     if not bool(torch.isfinite(dirs).all()) or bool((norms == 0).any()):

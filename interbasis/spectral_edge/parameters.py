@@ -2,18 +2,31 @@
 
 The spectral edge lives in the space of the *tracked* parameters θ_tracked ∈ R^n: the
 parameters selected by a filter, flattened in the order of ``model.named_parameters()`` and
-concatenated. Every direction ``v`` in this package is such a flat vector of length n.
+concatenated. Every direction ``v`` in this package is such a flat vector of length n. The
+layout is :class:`interbasis.curvature.ParamLayout` (the same flat order as the curvature
+package), built here from a name filter; this module adds the checks the tracker needs.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 
+from interbasis.curvature.params import ParamLayout
 from interbasis.errors import DataError, ShapeError
+
+__all__ = [
+    "ATTENTION_WEIGHTS",
+    "ParamFilter",
+    "ParamLayout",
+    "check_model",
+    "check_vector",
+    "flatten_params",
+    "select_parameters",
+    "unflatten",
+]
 
 #: Default filter (seed 003): the attention weights W_Q, W_K, W_V, W_O of every block.
 ATTENTION_WEIGHTS = r"(^|\.)attn\.W_[QKVO]$"
@@ -21,50 +34,26 @@ ATTENTION_WEIGHTS = r"(^|\.)attn\.W_[QKVO]$"
 ParamFilter = str | Sequence[str] | Callable[[str, torch.nn.Parameter], bool]
 
 
-@dataclass(frozen=True)
-class ParamLayout:
-    """Names and shapes of the tracked parameters; defines the flat vector's layout.
-
-    Attributes
-    ----------
-    names : tuple[str, ...]
-        Parameter names, in ``named_parameters()`` order.
-    shapes : tuple[tuple[int, ...], ...]
-        Their shapes.
-    """
-
-    names: tuple[str, ...]
-    shapes: tuple[tuple[int, ...], ...]
-
-    @property
-    def sizes(self) -> tuple[int, ...]:
-        """Number of entries of each parameter."""
-        return tuple(int(torch.Size(s).numel()) for s in self.shapes)
-
-    @property
-    def numel(self) -> int:
-        """Length n of the flat vector."""
-        return sum(self.sizes)
-
-    def check_model(self, model: torch.nn.Module) -> None:
-        """Raise :class:`ShapeError` if a tracked parameter is missing or changed shape."""
-        params = dict(model.named_parameters())
-        for name, shape in zip(self.names, self.shapes, strict=True):
-            if name not in params:
-                raise ShapeError(f"tracked parameter {name!r} is no longer in the model")
-            if tuple(params[name].shape) != shape:
-                raise ShapeError(
-                    f"tracked parameter {name!r} changed shape: expected {shape}, "
-                    f"got {tuple(params[name].shape)}"
-                )
-
-    def check_vector(self, vector: torch.Tensor, what: str = "direction") -> None:
-        """Raise :class:`ShapeError` unless ``vector`` has shape ``(n,)``."""
-        if vector.ndim != 1 or vector.shape[0] != self.numel:
+def check_model(layout: ParamLayout, model: torch.nn.Module) -> None:
+    """Raise :class:`ShapeError` if a tracked parameter is missing or changed shape."""
+    params = dict(model.named_parameters())
+    for name, shape in zip(layout.names, layout.shapes, strict=True):
+        if name not in params:
+            raise ShapeError(f"tracked parameter {name!r} is no longer in the model")
+        if tuple(params[name].shape) != tuple(shape):
             raise ShapeError(
-                f"{what} must be a flat vector of length {self.numel} (the tracked "
-                f"parameters {list(self.names)}), got shape {tuple(vector.shape)}"
+                f"tracked parameter {name!r} changed shape: expected {tuple(shape)}, "
+                f"got {tuple(params[name].shape)}"
             )
+
+
+def check_vector(layout: ParamLayout, vector: torch.Tensor, what: str = "direction") -> None:
+    """Raise :class:`ShapeError` unless ``vector`` has shape ``(n,)``, n = ``layout.size``."""
+    if vector.ndim != 1 or vector.shape[0] != layout.size:
+        raise ShapeError(
+            f"{what} must be a flat vector of length {layout.size} (the tracked "
+            f"parameters {list(layout.names)}), got shape {tuple(vector.shape)}"
+        )
 
 
 def select_parameters(
@@ -83,6 +72,7 @@ def select_parameters(
     Returns
     -------
     ParamLayout
+        Names in ``named_parameters()`` order and their shapes.
 
     Raises
     ------
@@ -96,19 +86,18 @@ def select_parameters(
     elif callable(params):
         chosen = [n for n, p in named if params(n, p)]
     else:
-        wanted = list(params)
-        known = {n for n, _ in named}
-        missing = [n for n in wanted if n not in known]
+        wanted = set(params)
+        missing = sorted(wanted - {n for n, _ in named})
         if missing:
             raise DataError(f"params names {missing} are not parameters of the model")
-        chosen = [n for n, _ in named if n in set(wanted)]
+        chosen = [n for n, _ in named if n in wanted]
     if not chosen:
         sample = [n for n, _ in named][:12]
         raise DataError(
             f"parameter filter {params!r} selected no parameters; the model has {len(named)} "
             f"parameters, e.g. {sample}"
         )
-    shapes = dict((n, tuple(p.shape)) for n, p in named)
+    shapes = {n: p.shape for n, p in named}
     return ParamLayout(tuple(chosen), tuple(shapes[n] for n in chosen))
 
 
@@ -116,13 +105,11 @@ def flatten_params(
     model: torch.nn.Module, layout: ParamLayout, dtype: torch.dtype = torch.float64
 ) -> torch.Tensor:
     """Concatenate the tracked parameters into one detached vector θ_tracked, shape (n,)."""
-    layout.check_model(model)
-    params = dict(model.named_parameters())
-    return torch.cat([params[n].detach().reshape(-1).to(dtype) for n in layout.names])
+    check_model(layout, model)
+    return layout.gather(model, dtype)
 
 
 def unflatten(vector: torch.Tensor, layout: ParamLayout) -> dict[str, torch.Tensor]:
     """Split a flat vector of shape (n,) into named tensors of the tracked shapes."""
-    layout.check_vector(vector)
-    parts = torch.split(vector, list(layout.sizes))
-    return {n: t.reshape(s) for n, t, s in zip(layout.names, parts, layout.shapes, strict=True)}
+    check_vector(layout, vector)
+    return layout.unflatten(vector)

@@ -26,6 +26,7 @@ from interbasis.spectral_edge.parameters import (
     ATTENTION_WEIGHTS,
     ParamFilter,
     ParamLayout,
+    check_model,
     flatten_params,
     select_parameters,
 )
@@ -152,12 +153,12 @@ class SpectralEdgeTracker(Callback):
     def on_train_begin(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         if self.layout is None:
             self.layout = select_parameters(model, self.params)
-        self.layout.check_model(model)
+        check_model(self.layout, model)
         named = dict(model.named_parameters())
         groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
         self._slices = []
         offset = 0
-        for name, size in zip(self.layout.names, self.layout.sizes, strict=True):
+        for name, size in zip(self.layout.names, self.layout.numels, strict=True):
             p = named[name]
             group = groups.get(id(p), {"lr": 0.0, "weight_decay": 0.0})
             decoupled = isinstance(optimizer, torch.optim.AdamW) or bool(
@@ -328,7 +329,7 @@ class SpectralEdgeTracker(Callback):
         self.layout = (
             None
             if lay is None
-            else ParamLayout(tuple(lay["names"]), tuple(tuple(s) for s in lay["shapes"]))
+            else ParamLayout(tuple(lay["names"]), tuple(torch.Size(s) for s in lay["shapes"]))
         )
         self._snapshot, self._wd_acc = state["snapshot"], state["wd_acc"]
         self._acc_valid = bool(state["acc_valid"])
