@@ -6,11 +6,11 @@ import json
 import math
 import re
 import shutil
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,12 +22,7 @@ NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 PUNCT = "()[]{},;:'\""
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 class _Text(HTMLParser):
@@ -67,23 +62,34 @@ def json_numbers(obj: Any) -> list[float]:
         return [x for v in obj.values() for x in json_numbers(v)]
     if isinstance(obj, list):
         return [x for v in obj for x in json_numbers(v)]
-    if isinstance(obj, str):  # settings shown as JSON text (e.g. nested dicts)
+    if isinstance(obj, str):  # settings shown as JSON text (nested dicts), or words of a text
         try:
             return json_numbers(json.loads(obj))
         except ValueError:
-            return []
+            words = (w.strip(PUNCT) for w in obj.split())
+            return [float(w) for w in words if NUMBER.fullmatch(w)]
     return []
 
 
 def assert_every_number_in_json(html: str, report: dict[str, Any]) -> int:
-    values = json_numbers(report)
+    """Every number on the page is a JSON value rounded as the page rounds (4 significant
+    digits; integers exactly). Returns how many numbers the page shows."""
+    values = np.array(json_numbers(report))
     shown = shown_numbers(html)
     for token in shown:
         t = float(token)
-        digits = len(token.lower().split("e")[0].lstrip("+-").replace(".", "").lstrip("0"))
-        tol = 0.5 * 10 ** (1 - max(digits, 1)) * abs(t) if t else 0.0  # the shown precision
-        assert any(abs(v - t) <= tol + 1e-300 for v in values), f"{token} is not in the JSON"
+        tol = 0.5 * 10 ** (math.floor(math.log10(abs(t))) - 3) if t else 0.0
+        assert np.any(np.abs(values - t) <= tol * (1 + 1e-9)), f"{token} is not in the JSON"
     return len(shown)
+
+
+def test_the_number_check_can_fail() -> None:
+    report = {"a": 0.123456, "b": [7, 1.5e-7]}
+    page = "<table><tr><td>0.1235</td><td>7</td><td>1.5e-07</td></tr></table>"
+    assert assert_every_number_in_json(page, report) == 3
+    for wrong in ("0.1236", "8", "1.6e-07", "9.877e+05"):
+        with pytest.raises(AssertionError, match="not in the JSON"):
+            assert_every_number_in_json(page.replace("</table>", f"<p>{wrong}</p></table>"), report)
 
 
 @pytest.fixture(scope="module")
@@ -127,12 +133,51 @@ def test_cli_atlas_of_the_run_and_the_checks(quick: Path, capsys: pytest.Capture
     assert "wrote" in capsys.readouterr().out
 
 
+def test_cli_atlas_of_a_relu_mlp_run(tmp_path: Path) -> None:
+    """An MLP run: every weight layer is a graph stage, the Hessian is dense (only the top
+    and bottom k rows are listed, the masses use all P eigenpairs), the null space is
+    attributed to the degeneracy mechanisms, the spectral edge tracks the weight matrices."""
+    from experiments.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        task="x2", model="mlp", d_hidden=[5, 5], act_fn="relu", n_samples=96, lr=1e-2,
+        steps=20, eval_every=10, checkpoint_every=5, loss="mse", weight_decay=0.0,
+        optimizer="adam", threads=1, progress=False,
+    )  # fmt: skip
+    train(cfg, tmp_path / "run")
+    out = tmp_path / "report"
+    argv = [str(tmp_path / "run"), "--out", str(out), "--k", "2", "--random", "1",
+            "--max-checkpoints", "2", "--window", "3"]  # fmt: skip
+    assert atlas_command(argv) == 0
+    report = json.loads((out / "atlas.json").read_text())
+    assert_every_number_in_json((out / "atlas.html").read_text(), report)
+    assert report["settings"]["edge_params"] == r"(^|\.)weight$"
+    assert report["edge"]["source"] == "spectral edge at step 20"
+    h = report["hessian"]
+    assert h["method"] == "dense" and len(h["stages"]) == 3  # layers.k -> acts.k / output
+    n_params = 1 * 5 + 5 + 5 * 5 + 5 + 5 * 1 + 1
+    assert h["block"]["n_params"] == n_params == h["null_space"]["n_params"]
+    assert [r["eigenvector"] for r in h["full"]["rows"]] == [1, 2, n_params - 1, n_params]
+    assert sum(m["mass"] for m in h["full"]["mass"]) == pytest.approx(h["block"]["trace"])
+    assert h["full"]["sum_lambda"] == pytest.approx(h["block"]["trace"], rel=1e-9)
+    null = h["null_space"]
+    assert null["nullity"] >= 10  # at least one rescaling per hidden ReLU
+    assert sum(m["dominates"] for m in null["mechanisms"]) == null["nullity"]
+    assert (out / "atlas.json").stat().st_mode & 0o044  # readable like any written file
+
+
 def test_cli_bad_inputs_leave_nothing_behind(quick: Path, tmp_path: Path, capsys) -> None:
     empty = tmp_path / "empty"
     (empty / "checkpoints").mkdir(parents=True)
     assert atlas_command([str(empty), "--out", str(tmp_path / "r1")]) == 1
     assert "no checkpoints" in capsys.readouterr().err
     assert not (tmp_path / "r1").exists()  # the probe directory is removed again
+    bare = tmp_path / "bare"  # no checkpoints/ folder and no checkpoint file either
+    bare.mkdir()
+    assert atlas_command([str(bare), "--out", str(tmp_path / "r1")]) == 1
+    assert "no checkpoints in" in capsys.readouterr().err and not (tmp_path / "r1").exists()
+    assert atlas_command([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "r1")]) == 1
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "r1").exists()
     mixed = tmp_path / "mixed"
     shutil.copytree(quick / "run", mixed)
     spec = torch.load(mixed / "checkpoints" / "step_0000040.pt", weights_only=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -32,12 +30,7 @@ class Split(nn.Module):
         return torch.cat([self.a(x[..., : self.cut]), self.b(x[..., self.cut :])], dim=-1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +137,27 @@ def test_energy_is_the_kfac_quadratic_form(two_blocks) -> None:
         assert split_directions(layout, v)[st.params[0]].shape[0] == 2
 
 
+def test_energy_split_is_exact_for_uncentred_bases(two_blocks) -> None:
+    """Uncentred bases (no constant node; Λ = second moments, not variances) on inputs with a
+    non-zero mean: for a change of the weights (a bias change has no in-node here, it is
+    off-basis) the edge energies add up to the whole change where the basis drops nothing, so
+    no energy is invented or lost by reading Λ as a variance."""
+    net, x, _, _, _ = two_blocks
+    x = x + 1.0
+    bases = ib.build_bases(net, x, LAYERS, center=False, fold_bias=False, progress=False)
+    stages, _ = find_graph_stages(net, x, LAYERS)
+    layout = ParamLayout.from_model(net)
+    st = next(s for s in stages if s.input == "0")
+    v = torch.zeros(3, layout.size, dtype=torch.float64)
+    idx = layout.indices([p for p in st.params if p.endswith("weight")])
+    v[:, idx] = torch.randn(3, len(idx), generator=torch.Generator().manual_seed(5),
+                            dtype=torch.float64)  # fmt: skip
+    membership = {n: 0 for b in bases for n in (f"{b.name}:{i}" for i in range(b.n_nodes))}
+    links = hessian_graph_links(net, x, bases, [st], torch.ones(3), v.T, layout, membership)
+    on_edges = links.stage_energy[0].sum(axis=(1, 2))
+    np.testing.assert_allclose(on_edges, links.energy, rtol=1e-9)
+
+
 def test_coverage_invisible_and_outside() -> None:
     """Parameters outside the stages go to "outside"; null directions of G are "invisible"."""
     torch.manual_seed(1)
@@ -171,6 +185,10 @@ def test_coverage_invisible_and_outside() -> None:
     # with the first stage left out, everything of v_null is outside the graph
     links = hessian_graph_links(net, x, bases, stages[1:], torch.ones(2), V, layout, member)
     assert links.outside[0] == pytest.approx(1.0) and links.outside[1] == pytest.approx(1 / 3)
+    # no stage at all (e.g. node layers around attention only): everything is outside
+    links = hessian_graph_links(net, x, bases, [], torch.tensor([2.0, 1.0]), V, layout, member)
+    np.testing.assert_array_equal(links.outside, [1.0, 1.0])
+    assert links.curvature_mass()["outside"] == 3.0 and not links.stage_energy
 
 
 def test_eigenpairs_dense_and_lanczos_agree(two_blocks) -> None:

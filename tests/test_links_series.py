@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +16,7 @@ from interbasis.errors import DataError, FormatError
 from interbasis.links import load_series, spectral_gaps, summarize_model
 from interbasis.spectral_edge import window_spectrum
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def _mlp_run(out: Path, hidden: list[int], steps: int = 40) -> Path:

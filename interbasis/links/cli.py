@@ -9,6 +9,7 @@ here, inside the command, as the CLI layer may). Writes ``atlas.html`` and ``atl
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from interbasis.links.atlas import (
 )
 from interbasis.links.edge import FourierGrid
 from interbasis.links.report import check_writable
+from interbasis.spectral_edge import ATTENTION_WEIGHTS
 
 
 def default_node_layers(model: nn.Module) -> list[str]:
@@ -51,6 +53,15 @@ def default_node_layers(model: nn.Module) -> list[str]:
     return [*out, "output"]
 
 
+def default_edge_params(model: nn.Module) -> str:
+    """Spectral-edge parameters: the attention weights if the model has any, else every
+    parameter named ``*weight`` (an MLP's weight matrices)."""
+    names = [n for n, _ in model.named_parameters()]
+    if any(re.search(ATTENTION_WEIGHTS, n) for n in names):
+        return ATTENTION_WEIGHTS
+    return r"(^|\.)weight$"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="interbasis atlas", description=__doc__.split("\n")[0])
     p.add_argument("target", help="run directory (checkpoints/step_*.pt) or checkpoint file")
@@ -64,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--random", type=int, default=8, help="random control directions")
     p.add_argument("--max-checkpoints", type=int, default=12)
     p.add_argument("--window", type=int, default=10, help="spectral-edge window (updates)")
+    p.add_argument(
+        "--edge-params", default=None, help="regex of the spectral-edge parameters (see docs)"
+    )
     p.add_argument("--no-grid", action="store_true", help="no Fourier labels over Z_p^2")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return p
@@ -123,7 +137,11 @@ def atlas_command(argv: Sequence[str] | None = None) -> int:
     try:
         check_writable(out)  # fail before any work
         target = Path(args.target)
-        is_run = target.is_dir() and (target / "checkpoints").exists()
+        # a directory is a run unless it holds a single checkpoint file (rib's layout); an
+        # empty one gets load_series's message ("no checkpoints in ...")
+        is_run = target.is_dir() and (
+            (target / "checkpoints").exists() or not any(target.glob("*.pt"))
+        )
         series = load_series(target, loader=load_checkpoint) if is_run else None
         model = series.model(len(series) - 1) if series is not None else load_checkpoint(target)
         data = atlas_data(
@@ -134,6 +152,7 @@ def atlas_command(argv: Sequence[str] | None = None) -> int:
         settings = AtlasSettings(
             layers, k=args.k, seed=args.seed, window=args.window, n_random=args.random,
             max_checkpoints=args.max_checkpoints,
+            edge_params=args.edge_params or default_edge_params(model),
         )  # fmt: skip
         if series is not None:
             report, figures = series_report(

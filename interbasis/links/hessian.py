@@ -21,11 +21,14 @@ change of the next layer's node functions is
         C^{l+1}_{:d}\\big)
       = \\sum_{ij} E_{ij} + \\text{off\\_basis},
 
-``G^l`` the uncentred, bias-folded activation Gram. ``off_basis >= 0`` is the part read from
+``G^l`` the uncentred, bias-folded activation Gram, ``E_ij = E_x[f_hat_j^2] · δT_ji^2`` with
+the second moments read from ``G^l`` (:func:`~interbasis.links.stages.second_moments`).
+For the default centred interaction and PCA bases ``off_basis >= 0`` is the part read from
 activation directions the basis dropped because the *current* next layer ignores them (M-null
 directions): a new interaction that no edge of the graph carries yet, arriving at an
-out-node. (For decorrelated bases, the interaction and PCA bases, nothing else is left over;
-for the neuron basis ``off_basis`` also holds the cross terms between correlated nodes.)
+out-node. The split into edges assumes decorrelated nodes; otherwise ``off_basis`` also holds
+cross terms, which can be negative: between correlated neurons (neuron basis), and between
+a bias change and the nodes' non-zero means (uncentred bases, which have no constant node).
 Given a partition of the nodes into modules, each edge's energy goes to the module holding
 both ends (an edge from the constant node, i.e. the bias, to its out-node's module), to
 ``between`` when the ends lie in different modules, or to ``unassigned``; off-basis energy
@@ -170,7 +173,8 @@ def hessian_graph_links(
     k = V.shape[1]
     norms = (V**2).sum(dim=0).clamp_min(1e-300)
     cov = sum(((tangents[p] ** 2).reshape(k, -1).sum(dim=1) for p in covered), torch.zeros(k))
-    grams = activation_grams(net, data, [s.input for s in stages], batch_size=batch_size)
+    inputs = [s.input for s in stages]
+    grams = activation_grams(net, data, inputs, batch_size=batch_size) if stages else {}
     modules = sorted({m for m in membership.values() if m >= 0})
     col = {m: c for c, m in enumerate(modules)}
     parts = np.zeros((k, len(modules) + 2))  # modules, between, unassigned
@@ -184,9 +188,9 @@ def hessian_graph_links(
         out_map = node_map(b_out).to(torch.float64)
         moved = dW @ out_map  # (k, d + 1, n_out): [f, 1] -> delta f_hat^{l+1}
         T = in_coordinates(b_in) @ moved  # (k, n_in, n_out)
-        E = (T**2 * second_moments(b_in)[None, :, None]).transpose(1, 2).numpy()  # (k, out, in)
-        stage_energy.append(E)
         G = grams[st.input].gram(fold_bias=True)
+        E = (T**2 * second_moments(b_in, G)[None, :, None]).transpose(1, 2).numpy()  # (k,out,in)
+        stage_energy.append(E)
         # whole change per out-node; what the edges miss arrives at that node: its module
         total = torch.einsum("ab,kao,kbo->ko", G, moved, moved).numpy()
         missed = total - E.sum(axis=2)  # (k, n_out)

@@ -134,6 +134,8 @@ def write_files(
     json_text = json.dumps(finite_json(report), indent=1, allow_nan=False) + "\n"
     out = check_writable(out_dir)
     targets = [(out / JSON_NAME, json_text), (out / HTML_NAME, html_text)]
+    mask = os.umask(0)
+    os.umask(mask)
     temps: list[Path] = []
     placed: list[Path] = []
     try:
@@ -144,6 +146,7 @@ def write_files(
                 fh.write(text)
                 fh.flush()
                 os.fsync(fh.fileno())
+            os.chmod(name, 0o666 & ~mask)  # mkstemp's 0600 -> what open() would give
         for tmp, (target, _) in zip(temps, targets, strict=True):
             os.replace(tmp, target)
             placed.append(target)

@@ -83,7 +83,8 @@ def graph_section(s: ModelSummary, notes: Sequence[str]) -> dict[str, Any]:
     e90, e99 = s.graph.edges_needed(0.9), s.graph.edges_needed(0.99)
     layers = []
     for i, layer in enumerate(s.graph.layers):
-        row: dict[str, Any] = {"layer": layer.name, "nodes": int(layer.size)}
+        n = int(layer.size) - int(np.asarray(layer.is_constant).sum())  # as graph_size
+        row: dict[str, Any] = {"layer": layer.name, "nodes": n}
         row["edges_90_to_next"] = e90[i] if i < len(e90) else None
         row["edges_99_to_next"] = e99[i] if i < len(e99) else None
         layers.append(row)
@@ -107,7 +108,13 @@ def _share_rows(hl: HessianGraphLinks, index: Sequence[int]) -> list[dict[str, A
     return rows
 
 
+def _top_bottom(n: int, k: int) -> list[int]:
+    """The first ``k`` and last ``k`` of ``n`` eigenpairs (all of them when ``n <= 2k``)."""
+    return list(range(min(k, n))) + list(range(max(k, n - k), n))
+
+
 def _links_block(hl: HessianGraphLinks, index: Sequence[int]) -> dict[str, Any]:
+    """Rows and shares of the eigenpairs ``index``; masses over *all* eigenpairs given."""
     columns = [_mod(m) for m in hl.modules] + list(CATEGORIES)
     mass = hl.curvature_mass()
     return {
@@ -140,7 +147,7 @@ def hessian_section(
         "method": s.numbers["hessian_method"],
         "stages": [f"{st.input} -> {st.output}" for st in stages],
         "stage_notes": notes,
-        "full": _links_block(full, range(len(full.eigenvalues))),
+        "full": _links_block(full, _top_bottom(len(full.eigenvalues), settings.k)),
     }
     out["block"] = _stage_block(model, s, data, settings, stages) if stages else None
     n_params, max_dense = ParamLayout.from_model(model).size, settings.max_dense
@@ -199,8 +206,7 @@ def _stage_block(
         layout,
         s.partition.membership,
     )
-    k, n = settings.k, len(hl.eigenvalues)
-    index = list(range(min(k, n))) + list(range(max(k, n - k), n))
+    index = _top_bottom(len(hl.eigenvalues), settings.k)
     block = {"method": method, "n_params": layout.size, **_links_block(hl, index)}
     if method == "dense":
         floor = numerical_floor(pairs.values, layout.size)

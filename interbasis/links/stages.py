@@ -31,7 +31,7 @@ from torch.func import functional_call, jacfwd, jvp, vmap
 from interbasis.basis import Basis
 from interbasis.capture import OUTPUT, capture, model_input, resolve_node_layers
 from interbasis.data import iter_batches
-from interbasis.errors import DataError
+from interbasis.errors import DataError, ShapeError
 from interbasis.links.jvp import Layout, float64_copy, node_map
 
 #: A stage reproduces the next node layer, and its affine fit reproduces the stage, to this
@@ -190,16 +190,25 @@ def stage_transitions(
     return in_coordinates(basis_in) @ dW @ node_map(basis_out).to(torch.float64)
 
 
-def second_moments(basis: Basis) -> torch.Tensor:
-    """``(n,)``: ``E[f_hat_j^2]`` of each node (1 for the constant; ``Λ_j`` when centred)."""
-    lam = basis.eigenvalues.to(torch.float64).clone()
+def second_moments(basis: Basis, gram: torch.Tensor) -> torch.Tensor:
+    """``(n,)``: ``E[f_hat_j^2]`` of each node, ``diag(C_augᵀ G C_aug)``.
+
+    ``gram`` is the layer's uncentred, bias-folded activation Gram ``E[[f, 1]ᵀ[f, 1]]``
+    ``(d + 1, d + 1)`` (``activation_grams(...)[name].gram(fold_bias=True)``); ``C_aug`` is
+    ``C`` with a zero row for the constant input when the basis has no constant node. Read
+    from the Gram, not from ``basis.eigenvalues``: Λ is the variance for centred bases but the
+    second moment for uncentred ones, and a basis does not record which it is.
+    """
+    G = torch.as_tensor(gram, dtype=torch.float64)
     C = basis.C.to(torch.float64)
-    if basis.has_constant:
-        means = basis.mean.to(torch.float64) @ C[:-1] + C[-1]
-        lam[0] = 0.0
-    else:
-        means = basis.mean.to(torch.float64) @ C
-    return lam + means**2
+    if not basis.has_constant:
+        C = torch.cat([C, C.new_zeros(1, C.shape[1])], dim=0)
+    if G.shape != (C.shape[0], C.shape[0]):
+        raise ShapeError(
+            f"gram of {basis.name!r} must be ({C.shape[0]}, {C.shape[0]}) (bias-folded), "
+            f"got {tuple(G.shape)}"
+        )
+    return torch.einsum("ab,an,bn->n", G, C, C)
 
 
 def node_pair_direction(

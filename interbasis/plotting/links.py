@@ -83,11 +83,13 @@ def plot_edge_movement(
     fig.colorbar(im, ax=ax)
     if match is not None:
         ax2 = axes[1]
-        ax2.barh(range(len(names)), match, color="C0", label="direction")
+        shown = [np.nan if m is None else m for m in match]
+        ax2.barh(range(len(names)), shown, color="C0", label="direction", zorder=2, alpha=0.85)
         if control_match is not None and len(control_match):
-            mean, std = float(np.mean(control_match)), float(np.std(control_match))
-            ax2.axvspan(mean - std, mean + std, color="0.8", label="random ± std")
-            ax2.axvline(mean, color="0.4")
+            ctrl = np.array([np.nan if m is None else m for m in control_match], dtype=float)
+            mean, std = float(np.nanmean(ctrl)), float(np.nanstd(ctrl))
+            ax2.axvspan(mean - std, mean + std, color="0.85", label="random ± std", zorder=0)
+            ax2.axvline(mean, color="0.4", zorder=1)
         ax2.set_yticks(range(len(names)), names)
         ax2.set_xlim(0, 1)
         ax2.set_xlabel("movement on nodes of the mode's frequency")
