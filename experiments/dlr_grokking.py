@@ -13,7 +13,8 @@ Usage::
     python -m experiments.dlr_grokking --report results/dlr_grokking_wd0 results/dlr_grokking_wd1
 
 A killed run continues with ``--resume``. ``--quick`` (seconds, for tests) and
-``--preset small`` (p = 31, a grokking run of a few minutes) shrink the setup.
+``--preset small`` (p = 31, minutes; it memorises but did not generalise within its 4 000
+updates, see docs/richness.md) shrink the setup.
 """
 
 from __future__ import annotations

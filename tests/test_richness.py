@@ -232,6 +232,27 @@ def test_qr_keeps_pi_bounded_for_duplicate_eigenfunctions() -> None:
     np.testing.assert_allclose(curve, [1, 1, 1, 1], atol=1e-12)
 
 
+def test_duplicate_eigenfunction_in_the_middle_keeps_the_span() -> None:
+    """e = [e1, e2, e1, e3], f = e3: Π reaches 1 at k = 4 (f is in the span), and the
+    duplicate adds nothing at k = 3."""
+    rng = _rng(11)
+    e = rng.normal(size=(50, 3))
+    e = np.hstack([e[:, :2], e[:, :1], e[:, 2:]])
+    f = e[:, 3:]
+    curve = cumulative_projection(e, f).numpy()
+    brute = [
+        np.linalg.norm(_proj(e[:, :k]) @ f) ** 2 / np.linalg.norm(f) ** 2 for k in (1, 2, 3, 4)
+    ]
+    np.testing.assert_allclose(curve, brute, atol=1e-12)
+    assert curve[2] == pytest.approx(curve[1], abs=1e-12)
+    assert curve[3] == pytest.approx(1.0, abs=1e-12)
+
+
+def _proj(a: np.ndarray) -> np.ndarray:
+    """Orthogonal projector onto the column span of ``a`` (via lstsq-free pinv)."""
+    return a @ np.linalg.pinv(a)
+
+
 def test_feature_view_one_hot_rich_features() -> None:
     rng = _rng(10)
     labels = rng.integers(0, 4, size=400)

@@ -121,13 +121,17 @@ def cumulative_projection(eigenfunctions: Any, functions: Any) -> torch.Tensor:
     f = as_samples(functions, "functions", min_samples=1)
     same_n(e, f, "eigenfunctions", "functions")
     m, r = e.shape
-    q, rr = torch.linalg.qr(e, mode="reduced")
-    diag = rr.diagonal().abs()
-    new_direction = diag > rank_floor(diag, (m, r))
+    diag = torch.linalg.qr(e, mode="r")[1].diagonal().abs()
+    new_direction = torch.zeros(r, dtype=torch.bool, device=e.device)
+    new_direction[: diag.shape[0]] = diag > rank_floor(diag, (m, r))
+    # QR again on the independent columns only: Householder QR returns some unit q_k for a
+    # dependent column too, and later columns have components along it, so zeroing its
+    # overlap would lose part of span(e_1..e_k). Without the dependent columns each q spans
+    # exactly the new direction of its column (same |R_kk| as before).
+    q = torch.linalg.qr(e[:, new_direction], mode="reduced")[0]
     h = _orthonormal_span(f, "functions")
-    overlap = ((q.T @ h) ** 2).sum(dim=1) * new_direction
     per_k = torch.zeros(r, dtype=torch.float64, device=e.device)
-    per_k[: overlap.shape[0]] = overlap
+    per_k[new_direction] = ((q.T @ h) ** 2).sum(dim=1)
     return torch.cumsum(per_k, dim=0) / h.shape[1]
 
 
