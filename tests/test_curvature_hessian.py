@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -21,14 +20,7 @@ from interbasis.curvature import (
 )
 from interbasis.errors import DataError, NonFiniteError, ShapeError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny matrices: on a shared 2-core machine thread hand-off costs more than the math."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 # float64 round-off on these ~60-parameter problems is ~1e-15 relative; 1e-10 leaves room

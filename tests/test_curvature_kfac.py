@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,13 +19,7 @@ from interbasis.errors import DataError, NodeLayerError, ShapeError
 TIGHT = 1e-10  # float64 round-off of these ~100-entry blocks is ~1e-15
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny matrices: on a shared 2-core machine thread hand-off costs more than the math."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def mlp3() -> torch.nn.Sequential:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -27,13 +25,7 @@ from interbasis.errors import DataError
 TIGHT = 1e-10  # float64 round-off on ~40x40 matrices is ~1e-15; room for summation order
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny matrices: on a shared 2-core machine thread hand-off costs more than the math."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def problem() -> tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]]:

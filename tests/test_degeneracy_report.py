@@ -25,13 +25,7 @@ from interbasis.degeneracy import (
 RTOL = 1e-9  # issue 7: eigenvalues below 1e-9 relative to the largest count as zero
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """2 shared cores: one BLAS thread avoids spin contention (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def T(a) -> torch.Tensor:

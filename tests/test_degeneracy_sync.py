@@ -14,14 +14,7 @@ from torch import nn
 from interbasis import DataError, NodeLayerError
 from interbasis.degeneracy import synchronized_neurons
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """2 shared cores: one BLAS thread avoids spin contention (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def relu_mlp(weights, act: type[nn.Module] = nn.ReLU) -> nn.Sequential:

@@ -10,13 +10,7 @@ from interbasis.degeneracy import degeneracy_report
 RTOL = 1e-9
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """2 shared cores: one BLAS thread avoids spin contention (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def trained_mlp(steps: int = 400):

@@ -7,7 +7,6 @@ without ``interbasis.build_bases``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import numpy as np
@@ -30,12 +29,7 @@ from interbasis.jacobian_spectra import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def interaction_c(gram: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -23,13 +22,7 @@ F64 = torch.float64
 RTOL = 1e-10  # issue 11: products and jacrev are both float64 matmul chains
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # 2 shared cores: multithreaded BLAS on tiny matrices spins and is ~50x slower
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def mlp(widths: list[int], act: nn.Module, bias: bool = True, seed: int = 0) -> nn.Sequential:

@@ -9,8 +9,6 @@ form to be rejected by more than 8 s.e.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -31,12 +29,7 @@ F64 = torch.float64
 N_SE = 4.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def gaussian_factors(n: int, batch: int, steps: int, var: float, gen: torch.Generator):
