@@ -80,3 +80,12 @@ def test_demo_writes_graphml_and_figure(tmp_path: Path) -> None:
                                 "output": 114}  # fmt: skip
     assert nx.read_graphml(out / "graph.graphml").number_of_nodes() == 365
     assert (out / "graph.png").stat().st_size > 10_000
+
+
+def test_atlas_subcommand_is_wired(tmp_path: Path, capsys) -> None:
+    """`interbasis atlas` reaches the atlas command: a missing target is a clear error and
+    leaves no report directory behind."""
+    out = tmp_path / "atlas"
+    assert main(["atlas", str(tmp_path / "missing"), "--out", str(out)]) == 1
+    assert "error:" in capsys.readouterr().err
+    assert not out.exists()
