@@ -161,6 +161,12 @@ def make_tracker(task: Task, every: int) -> RichnessTracker:
     )
 
 
+def with_metrics(run_dir: Path, history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tracker records merged with the run's ``metrics.jsonl`` record of the same step."""
+    metrics = {r["step"]: r for r in read_metrics(run_dir)}
+    return [{**metrics.get(r["step"], {}), **r} for r in history]
+
+
 def run(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> list[dict[str, Any]]:
     """Train (or resume) one run; write and return ``richness.jsonl`` records per step."""
     out = Path(out_dir)
@@ -168,8 +174,7 @@ def run(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> list[dic
     tracker = make_tracker(task, cfg.eval_every)
     callbacks = [SeedCodeInit(cfg.seed), FreezeHeadBias(), tracker]  # order: init first
     train(cfg, out, callbacks=callbacks, resume=resume)
-    metrics = {r["step"]: r for r in read_metrics(out)}
-    records = [{**metrics.get(r["step"], {}), **r} for r in tracker.history]
+    records = with_metrics(out, tracker.history)
     (out / "richness.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return records
 
@@ -186,8 +191,7 @@ def load_records(run_dir: str | Path) -> list[dict[str, Any]]:
     if "RichnessTracker" not in names:
         raise FileNotFoundError(f"{run_dir}: no richness.jsonl and no RichnessTracker state")
     history = ckpt["extra"]["callbacks"][names.index("RichnessTracker")]["history"]
-    metrics = {r["step"]: r for r in read_metrics(run_dir)}
-    return [{**metrics.get(r["step"], {}), **r} for r in history]
+    return with_metrics(run_dir, history)
 
 
 def key_points(records: Sequence[dict[str, Any]]) -> dict[str, Any]:

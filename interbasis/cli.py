@@ -199,16 +199,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
         return _cmd_train(argv[1:])
-    if argv[:1] == ["atlas"]:
-        from interbasis.performance import tune_allocator
+    from interbasis.performance import tune_allocator
 
-        tune_allocator()
+    tune_allocator()  # graph commands: reuse freed Jacobian chunks instead of page-faulting
+    if argv[:1] == ["atlas"]:
         return _cmd_atlas(argv[1:])
     args = parser().parse_args(argv)
     from graphs import GraphError
-    from interbasis.performance import tune_allocator
-
-    tune_allocator()  # reuse freed Jacobian chunks instead of page-faulting them in again
     from interbasis.errors import InterbasisError
 
     try:

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from experiments import dlr_grokking
-from experiments.run_dir import read_metrics
 from experiments.train import build_task, quick_config, train
 
 
@@ -75,8 +74,7 @@ def test_d_lr_drops_through_grokking(tmp_path: Path) -> None:
     task = build_task(cfg)
     tracker = dlr_grokking.make_tracker(task, cfg.eval_every)
     train(cfg, tmp_path, callbacks=[tracker])
-    metrics = {r["step"]: r for r in read_metrics(tmp_path)}
-    records = [{**metrics[r["step"]], **r} for r in tracker.history]
+    records = dlr_grokking.with_metrics(tmp_path, tracker.history)
     memorised = next(r for r in records if r["train_acc"] >= 0.99)
     assert memorised["test_acc"] < 0.6, f"no memorisation phase: {memorised}"
     jump = [r for r in records if r["test_acc"] >= 0.95]

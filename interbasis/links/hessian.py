@@ -65,7 +65,7 @@ from interbasis.curvature import (
     lanczos,
 )
 from interbasis.errors import DataError, ShapeError
-from interbasis.links.jvp import float64_copy, node_map, split_directions
+from interbasis.links.jvp import activation_rows, float64_copy, split_directions
 from interbasis.links.stages import (
     GraphStage,
     check_stage_bases,
@@ -185,7 +185,7 @@ def hessian_graph_links(
         b_in, b_out = by_name[st.input], by_name[st.output]
         check_stage_bases(st, b_in, b_out)
         dW = stage_weight_changes(net, st, b_in.dim, tangents)  # (k, d + 1, d_out)
-        out_map = node_map(b_out).to(torch.float64)
+        out_map = activation_rows(b_out).to(torch.float64)
         moved = dW @ out_map  # (k, d + 1, n_out): [f, 1] -> delta f_hat^{l+1}
         T = in_coordinates(b_in) @ moved  # (k, n_in, n_out)
         G = grams[st.input].gram(fold_bias=True)

@@ -127,8 +127,9 @@ def activations_fn(
     return fn
 
 
-def node_map(basis: Basis) -> torch.Tensor:
-    """``(d, n)``: the rows of ``C`` acting on the activations (all nodes, constant included)."""
+def activation_rows(basis: Basis) -> torch.Tensor:
+    """``(d, n)``: the rows of ``C`` acting on the activations (all nodes, constant included,
+    so node indices match the graph's; :func:`interbasis.build.node_map` drops the constant)."""
     return basis.C[:-1] if basis.has_constant else basis.C
 
 
@@ -195,7 +196,7 @@ def node_function_jvps(
     primals = {n: named[n].detach() for n in layout.names}
     names = [b.name for b in bases]
     fn = activations_fn(net, names)
-    maps = [node_map(b) for b in bases]
+    maps = [activation_rows(b) for b in bases]
     chunks: list[list[torch.Tensor]] = [[] for _ in names]
     with warnings.catch_warnings():  # torch's first jvp scripts its decompositions
         warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated")

@@ -32,7 +32,7 @@ from interbasis.basis import Basis
 from interbasis.capture import OUTPUT, capture, model_input, resolve_node_layers
 from interbasis.data import iter_batches
 from interbasis.errors import DataError, ShapeError
-from interbasis.links.jvp import Layout, float64_copy, node_map
+from interbasis.links.jvp import Layout, activation_rows, float64_copy
 
 #: A stage reproduces the next node layer, and its affine fit reproduces the stage, to this
 #: relative accuracy in float64 (round-off is ~1e-15; a nonlinearity misses by far more).
@@ -187,7 +187,7 @@ def stage_transitions(
     """
     check_stage_bases(stage, basis_in, basis_out)
     dW = stage_weight_changes(model, stage, basis_in.dim, tangents)
-    return in_coordinates(basis_in) @ dW @ node_map(basis_out).to(torch.float64)
+    return in_coordinates(basis_in) @ dW @ activation_rows(basis_out).to(torch.float64)
 
 
 def second_moments(basis: Basis, gram: torch.Tensor) -> torch.Tensor:
