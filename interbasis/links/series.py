@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -284,12 +283,3 @@ def spectral_gaps(
             )
         out.append(row)
     return out
-
-
-def grokking_axis(series: CheckpointSeries) -> dict[str, np.ndarray]:
-    """Steps and train / test accuracy from ``metrics.jsonl`` (NaN where missing)."""
-    steps = np.array([r["step"] for r in series.metrics], dtype=np.float64)
-    get = lambda key: np.array(  # noqa: E731
-        [np.nan if r.get(key) is None else r[key] for r in series.metrics], dtype=np.float64
-    )
-    return {"step": steps, "train_acc": get("train_acc"), "test_acc": get("test_acc")}
