@@ -97,7 +97,7 @@ def main() -> None:
     accumulate_activation_grams(run, check_cuts=False)
     for inject, read in itertools.pairwise(LAYERS):
         out_map = node_map(bases[read]).to(run.device)
-        section = (run.model, run.batches, run.injectable(inject), run.module(read), out_map)
+        section = (run.section(inject, read), run.batches, out_map)
         t_fast = best_of(partial(jacobian_gram, *section), 2)
         t_naive = best_of(partial(naive_M, run, inject, read, out_map), 1)
         err = (jacobian_gram(*section) - naive_M(run, inject, read, out_map)).abs().max()

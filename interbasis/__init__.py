@@ -16,6 +16,8 @@ from interbasis.errors import (
 )
 from interbasis.grams import GramAccumulator
 from interbasis.graph_build import build_graph
+from interbasis.section import Section
+from interbasis.sources import Sources
 
 __version__ = "0.1.0"
 
@@ -30,7 +32,9 @@ __all__ = [
     "NonFiniteError",
     "NotPiecewiseLinearError",
     "RankError",
+    "Section",
     "ShapeError",
+    "Sources",
     "__version__",
     "activation_grams",
     "build_bases",

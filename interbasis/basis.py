@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -34,6 +32,7 @@ import torch
 
 from interbasis.errors import FormatError, RankError, ShapeError
 from interbasis.io import atomic_write
+from interbasis.performance import single_thread
 
 FORMAT_NAME = "interbasis.Basis"
 FORMAT_VERSION = 1
@@ -114,28 +113,13 @@ def eigh_descending(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     makes results deterministic (the eigenvectors themselves are defined up to sign).
     """
     m = matrix.to(torch.float64)
-    with _single_thread(m.shape[0] < 1024 and m.device.type == "cpu"):
+    with single_thread(m.shape[0] < 1024 and m.device.type == "cpu"):
         vals, vecs = torch.linalg.eigh((m + m.T) / 2)
     vals, vecs = vals.flip(0), vecs.flip(1)
     idx = vecs.abs().argmax(dim=0)
     signs = torch.sign(vecs[idx, torch.arange(vecs.shape[1], device=vecs.device)])
     signs[signs == 0] = 1.0
     return vals, vecs * signs
-
-
-@contextmanager
-def _single_thread(active: bool) -> Iterator[None]:
-    """Run LAPACK on one thread: for matrices of this size a second thread only adds OpenMP
-    synchronisation, which on a busy 2-core machine made a 128 x 128 eigh 300x slower."""
-    if not active:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def truncation_floor(

@@ -15,13 +15,24 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from interbasis.basis import Basis, Truncation, interaction_basis, neuron_basis, pca_basis
-from interbasis.capture import OUTPUT, capture, check_cut, resolve_node_layers
+from interbasis.capture import (
+    OUTPUT,
+    OutputSelector,
+    as_positions,
+    batch_size_of,
+    capture,
+    resolve_node_layers,
+)
 from interbasis.data import check_data, iter_batches
 from interbasis.errors import DataError, NodeLayerError
 from interbasis.grams import GramAccumulator, check_finite
-from interbasis.jacobians import DEFAULT_MEMORY_BUDGET, jacobian_gram
+from interbasis.jacobians import DEFAULT_MEMORY_BUDGET, section_jacobian_gram
+from interbasis.section import MODES, Mode, Section
+from interbasis.sources import Sources, check_keep, check_sources
 
 BasisKind = Literal["interaction", "pca", "neuron"]
+TrainMode = Literal["eval", "error", "keep"]
+KeepPositions = dict[str, Sequence[int]] | None
 
 
 @dataclass
@@ -36,8 +47,14 @@ class Run:
     batch_size: int | None
     progress: bool
     memory_budget: int = DEFAULT_MEMORY_BUDGET
+    output: OutputSelector | None = None
+    keep_positions: dict[str, list[int]] = field(default_factory=dict)
+    sources: Sources | None = None
+    mode: Mode = "auto"
     grams: dict[str, GramAccumulator] = field(default_factory=dict)
     n_samples: int = 0
+    #: relative standard error of tr M per node layer (stochastic sources)
+    estimator_error: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -59,6 +76,21 @@ class Run:
             raise NodeLayerError(f"{name!r} is the model output; nothing comes after it")
         return name, module
 
+    def section(self, lo: str, hi: str) -> Section:
+        """The :class:`Section` from node layer ``lo`` to node layer ``hi``."""
+        return Section(
+            self.model, self.injectable(lo), self.module(hi), self.output,
+            self.keep_positions.get(lo), self.keep_positions.get(hi),
+        )  # fmt: skip
+
+    def kept(self, name: str, acts: torch.Tensor) -> torch.Tensor:
+        """Activations of node layer ``name`` at its kept positions ``(b, P_kept, d)``."""
+        a = as_positions(acts)
+        if name not in self.keep_positions:
+            return a
+        keep = check_keep(torch.as_tensor(self.keep_positions[name]), a.shape[1], name)
+        return a[:, keep.to(a.device)]
+
 
 def _model_device(model: nn.Module) -> torch.device | None:
     devices = {t.device for t in list(model.parameters()) + list(model.buffers())}
@@ -70,44 +102,130 @@ def _model_device(model: nn.Module) -> torch.device | None:
     return next(iter(devices)) if devices else None
 
 
+def check_int(name: str, value: Any, minimum: int = 1, allow_none: bool = True) -> None:
+    """Raise ``ValueError`` unless ``value`` is an int ``>= minimum`` (bools refused)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _keep_positions(keep: Any, names: Sequence[str]) -> dict[str, list[int]]:
+    if keep is None:
+        return {}
+    if not isinstance(keep, dict):
+        raise TypeError(
+            "keep_positions must be a dict {node_layer: [positions]}, e.g. "
+            f'{{"blocks.0.hook_resid_mid": [-1]}}, got {type(keep).__name__}'
+        )
+    out: dict[str, list[int]] = {}
+    for name, positions in keep.items():
+        if name not in names:
+            raise NodeLayerError(
+                f"keep_positions names {name!r}, which is not a node layer {names}"
+            )
+        if isinstance(positions, int):
+            positions = [positions]
+        if not all(isinstance(p, int) and not isinstance(p, bool) for p in positions):
+            raise ValueError(f"keep_positions[{name!r}] must be integers, got {positions!r}")
+        out[name] = list(positions)
+    return out
+
+
+def _move(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """A copy of ``model`` on ``device`` in ``dtype`` (``.to`` called one argument at a time:
+    some models, e.g. TransformerLens', do not take ``device=`` and ``dtype=`` together)."""
+    model = copy.deepcopy(model)
+    model.to(device)
+    model.to(dtype)
+    return model
+
+
 def prepare(
     model: nn.Module,
     data: Any,
     node_layers: Sequence[str],
     *,
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype | None = torch.float64,
     device: torch.device | str | None = None,
     batch_size: int | None = None,
     progress: bool = True,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    output: OutputSelector | None = None,
+    keep_positions: KeepPositions = None,
+    sources: Sources | None = None,
+    mode: Mode = "auto",
+    train_mode: TrainMode = "eval",
 ) -> Run:
-    """Validate inputs and return a :class:`Run` with a private copy of the model.
+    """Validate inputs and return a :class:`Run` with a private copy of the model if needed.
 
-    ``device=None`` picks CUDA when available, else CPU. The model is copied only when its
-    dtype or device must change (the user's model is never modified). A model in train mode
-    triggers a warning: dropout and batch norm change the function being analysed.
+    ``device=None`` picks CUDA when available, else CPU; ``dtype=None`` keeps the model's
+    dtype (accumulation stays float64). The model is copied when its dtype or device must
+    change or when it is in train mode; the user's model and its buffers are never modified.
+
+    Train mode (one policy for every entry point): dropout and train-mode batch norm make the
+    forward pass random or batch-dependent, so by default (``train_mode="eval"``) the
+    eval-mode function of a copy is analysed, with a warning that says so;
+    ``train_mode="error"`` refuses such a model; ``"keep"`` analyses it as it is (deterministic
+    train-mode models only).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating dtype, got {dtype}")
-    check_data(data)
-    if model.training:
-        warnings.warn(
-            "the model is in train mode: dropout and batch norm change the function being "
-            "analysed; call model.eval() first",
-            UserWarning,
-            stacklevel=3,
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating torch dtype or None, got {dtype}")
+    if isinstance(node_layers, str) or not isinstance(node_layers, Sequence):
+        raise TypeError(
+            f"node_layers must be a list of module names, got {node_layers!r} "
+            f'(a single layer is ["{node_layers}"])'
         )
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_int("memory_budget", memory_budget, minimum=1024, allow_none=False)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if train_mode not in ("eval", "error", "keep"):
+        raise ValueError(f'train_mode must be "eval", "error" or "keep", got {train_mode!r}')
+    if output is not None and not callable(output):
+        raise TypeError(f"output must be a callable (return value -> tensor), got {output!r}")
+    sources = check_sources(sources, "sources")
+    check_data(data)
     target = torch.device(device) if device is not None else None
     if target is None:
         target = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"device={str(device)!r} but CUDA is not available in this torch build")
+    if target.type == "meta":
+        raise DataError('device="meta" holds no data; use "cpu" or "cuda"')
     current = _model_device(model)
     float_dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
-    if current != target or float_dtypes - {dtype}:
-        model = copy.deepcopy(model).to(device=target, dtype=dtype)
+    dtype_ = dtype if dtype is not None else (min(float_dtypes, key=str) if float_dtypes else
+                                              torch.float32)  # fmt: skip
+    if model.training and train_mode == "error":
+        raise DataError(
+            f"the model ({type(model).__name__}) is in train mode: dropout and batch norm make "
+            "the analysed function random or batch-dependent; call model.eval(), or pass "
+            'train_mode="eval" to analyse the eval-mode function of a copy'
+        )
+    if current != target or float_dtypes - {dtype_} or model.training:
+        model_copy = _move(model, target, dtype_)
+        if model.training and train_mode == "eval":
+            warnings.warn(
+                f"the model ({type(model).__name__}) is in train mode; analysing its eval-mode "
+                "function (dropout off, batch-norm running statistics) on a copy. Call "
+                'model.eval() to silence this, or pass train_mode="keep" / "error"',
+                UserWarning,
+                stacklevel=3,
+            )
+            model_copy.eval()
+        model = model_copy
     modules = resolve_node_layers(model, node_layers)
-    return Run(model, data, modules, dtype, target, batch_size, progress, memory_budget)
+    keep = _keep_positions(keep_positions, list(modules))
+    return Run(
+        model, data, modules, dtype_, target, batch_size, progress, memory_budget, output,
+        keep, sources, mode,
+    )  # fmt: skip
 
 
 def accumulate_activation_grams(run: Run, check_cuts: bool = True) -> dict[str, GramAccumulator]:
@@ -115,16 +233,17 @@ def accumulate_activation_grams(run: Run, check_cuts: bool = True) -> dict[str, 
 
     With ``check_cuts`` the first batch with two distinct samples also verifies that
     consecutive node layers are sections of the forward pass
-    (:func:`interbasis.capture.check_cut`); a warning says when no batch could.
+    (:meth:`interbasis.section.Section.check_cut`); a warning says when no batch could.
     """
     grams: dict[str, GramAccumulator] = {}
     run.n_samples = 0
     cuts_checked = False
     for b, x in enumerate(run.batches("activation Grams")):
-        run.n_samples += int(x.shape[0])
+        run.n_samples += batch_size_of(x)
         with torch.no_grad():
-            acts, layouts = capture(run.model, x, run.modules)
+            acts, layouts = capture(run.model, x, run.modules, run.output)
         for name, a in acts.items():
+            a = run.kept(name, a)
             check_finite(a, "activations", name, b)
             if name not in grams:
                 grams[name] = GramAccumulator(a.shape[-1], device=a.device)
@@ -137,15 +256,7 @@ def accumulate_activation_grams(run: Run, check_cuts: bool = True) -> dict[str, 
         if check_cuts and not cuts_checked:  # on the first batch of >= 2 distinct samples
             with torch.no_grad():
                 cuts_checked = all(
-                    check_cut(
-                        run.model,
-                        x,
-                        run.injectable(lo),
-                        acts[lo],
-                        layouts[lo],
-                        run.module(hi),
-                        acts[hi],
-                    )
+                    run.section(lo, hi).check_cut(x, acts[lo], layouts[lo], acts[hi])
                     for lo, hi in itertools.pairwise(run.names)
                 )
     if check_cuts and not cuts_checked and len(run.names) > 1:
@@ -184,13 +295,18 @@ def build_bases(
     center: bool = True,
     fold_bias: bool = True,
     truncation: Truncation = "auto",
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype | None = torch.float64,
     device: torch.device | str | None = None,
     batch_size: int | None = None,
     progress: bool = True,
     scope: Literal["local", "global"] = "local",
     final_basis: Literal["neuron", "pca"] = "neuron",
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    sources: Sources | None = None,
+    mode: Mode = "auto",
+    output: OutputSelector | None = None,
+    keep_positions: KeepPositions = None,
+    train_mode: TrainMode = "eval",
 ) -> list[Basis]:
     """Bases of every node layer, computed from the output layer backwards.
 
@@ -214,6 +330,16 @@ def build_bases(
     final_basis : basis of the last node layer (``"neuron"`` default, or ``"pca"``).
     memory_budget : bytes for one chunk of batched VJPs (memory is independent of the
         dataset size; it grows with the batch size and this budget).
+    sources : :class:`interbasis.Sources` for an unbiased stochastic estimate of each M
+        (fewer backward passes); ``None`` = exact.
+    mode : ``"auto"`` (fewer passes of reverse and forward mode per section), ``"vjp"`` or
+        ``"jvp"``; all give the same M.
+    output : callable selecting the analysed tensor from the model's return value (default:
+        the tensor, a ``ModelOutput``'s / dict's ``logits``, or a tuple's first tensor).
+    keep_positions : ``{node_layer: positions}`` kept in the Grams, M and edges (e.g.
+        ``{"blocks.0.hook_resid_mid": [-1]}``: only the last position reaches the output).
+    train_mode : ``"eval"`` (default: analyse the eval-mode function of a copy, with a
+        warning), ``"error"`` (refuse a model in train mode) or ``"keep"``.
 
     Returns
     -------
@@ -227,22 +353,45 @@ def build_bases(
     >>> [b.name for b in bases]
     ['0', '2', 'output']
     """
-    check_basis_options(basis, scope, center, fold_bias)
+    check_basis_options(basis, scope, center, fold_bias, truncation, final_basis)
     run = prepare(
         model, data, node_layers, dtype=dtype, device=device, batch_size=batch_size,
-        progress=progress, memory_budget=memory_budget,
+        progress=progress, memory_budget=memory_budget, output=output,
+        keep_positions=keep_positions, sources=sources, mode=mode, train_mode=train_mode,
     )  # fmt: skip
     accumulate_activation_grams(run, check_cuts=basis == "interaction")
     bases = bases_for_run(run, basis, center, fold_bias, truncation, scope, final_basis)
     return [b.to("cpu") for b in bases]  # small; computed on the run's device
 
 
-def check_basis_options(basis: str, scope: str, center: bool, fold_bias: bool) -> None:
-    """Raise ``ValueError`` for unknown or incompatible basis options."""
+def check_basis_options(
+    basis: str,
+    scope: str,
+    center: bool,
+    fold_bias: bool,
+    truncation: Any = "auto",
+    final_basis: str = "neuron",
+) -> None:
+    """Raise ``ValueError`` for unknown or incompatible basis options (before any work)."""
     if basis not in ("interaction", "pca", "neuron"):
         raise ValueError(f'basis must be "interaction", "pca" or "neuron", got {basis!r}')
     if scope not in ("local", "global"):
         raise ValueError(f'scope must be "local" or "global", got {scope!r}')
+    if scope == "global" and basis != "interaction":
+        raise ValueError(
+            f'scope="global" applies to the interaction basis only; basis={basis!r} has no M'
+        )
+    if final_basis not in ("neuron", "pca"):
+        raise ValueError(f'final_basis must be "neuron" or "pca", got {final_basis!r}')
+    if truncation != "auto" and (
+        isinstance(truncation, bool)
+        or not isinstance(truncation, (int, float))
+        or not truncation >= 0
+    ):
+        raise ValueError(f'truncation must be "auto" or a threshold >= 0, got {truncation!r}')
+    for name, flag in (("center", center), ("fold_bias", fold_bias)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
     if center and not fold_bias:
         raise ValueError("center=True needs fold_bias=True: the mean is carried by the constant")
     if fold_bias and not center:
@@ -279,10 +428,12 @@ def bases_for_run(
             )
         else:
             target = names[i + 1] if scope == "local" else names[-1]
-            M = jacobian_gram(
-                run.model, partial(run.batches, f"M {name}"), run.injectable(name),
-                run.module(target), node_map(bases[target]), run.memory_budget,
+            section = section_jacobian_gram(
+                run.section(name, target), partial(run.batches, f"M {name}"),
+                node_map(bases[target]), run.memory_budget, sources=run.sources, mode=run.mode,
             )  # fmt: skip
+            M = section.M
+            run.estimator_error[name] = section.relative_standard_error
             bases[name] = interaction_basis(
                 name, g.mean, gram, M, center=center, fold_bias=fold_bias, truncation=truncation
             )
@@ -294,7 +445,7 @@ def activation_grams(
     data: Any,
     node_layers: Sequence[str],
     *,
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype | None = torch.float64,
     device: torch.device | str | None = None,
     batch_size: int | None = None,
     progress: bool = False,
@@ -317,7 +468,7 @@ def output_jacobian_gram(
     of: str = OUTPUT,
     out_map: torch.Tensor | None = None,
     *,
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype | None = torch.float64,
     device: torch.device | str | None = None,
     batch_size: int | None = None,
     progress: bool = False,
@@ -343,7 +494,7 @@ def output_jacobian_gram(
         out_map = torch.eye(width, dtype=torch.float64, device=run.device)
     elif out_map.ndim != 2 or out_map.shape[0] != width:
         raise DataError(f"out_map must have shape ({width}, k), got {tuple(out_map.shape)}")
-    return jacobian_gram(
-        run.model, lambda: run.batches(f"K {wrt}"), run.injectable(wrt), run.module(of),
-        out_map.to(run.device), memory_budget,
-    )  # fmt: skip
+    return section_jacobian_gram(
+        run.section(wrt, of), lambda: run.batches(f"K {wrt}"), out_map.to(run.device),
+        memory_budget,
+    ).M  # fmt: skip

@@ -8,16 +8,16 @@ A module called with several positional tensor inputs sees them concatenated on 
 dimension; the split is remembered so that substituted values can be split back.
 
 A *section* ``f^{l+1}(f^l)`` is computed by running the model with the input of module ``l``
-substituted (a forward pre-hook) and reading the input of module ``l+1`` (where the forward
-pass is then stopped). This is the true map between the two node layers only if everything
-downstream depends on the model input through module ``l``'s input alone (a *cut* of the
-forward pass); :func:`check_cut` verifies that on data.
+substituted (a forward pre-hook, :func:`run_section`) and reading the input of module ``l+1``
+(where the forward pass is then stopped). This is the true map between the two node layers only
+if everything downstream depends on the model input through module ``l``'s input alone (a *cut*
+of the forward pass); :class:`interbasis.section.Section` wraps this and verifies the cut.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,28 +150,83 @@ def as_positions(acts: torch.Tensor) -> torch.Tensor:
     return acts.reshape(acts.shape[0], -1, acts.shape[-1])
 
 
-def _output_tensor(out: Any) -> torch.Tensor:
+OutputSelector = Callable[[Any], torch.Tensor]
+
+
+def select_output(out: Any, output: OutputSelector | None = None) -> torch.Tensor:
+    """The tensor the ``"output"`` node layer reads from a model's return value.
+
+    ``output`` (a callable, e.g. ``lambda out: out.logits[:, -1]``) is applied when given.
+    Otherwise a tensor is taken as is, a mapping (a HuggingFace ``ModelOutput`` or a dict)
+    gives its ``"logits"`` entry, else its first tensor value, and a tuple or list its first
+    tensor.
+    """
+    if output is not None:
+        out = output(out)
+        if not isinstance(out, torch.Tensor):
+            raise DataError(
+                f"the output= selector returned {type(out).__name__}, not a tensor; it must map "
+                "the model's return value to the tensor to analyse"
+            )
+    elif isinstance(out, Mapping):
+        if isinstance(out.get("logits"), torch.Tensor):
+            out = out["logits"]
+        else:
+            tensors = [v for v in out.values() if isinstance(v, torch.Tensor)]
+            if not tensors:
+                raise DataError(
+                    f"the model returns {type(out).__name__} with no tensor entry "
+                    f"(keys {list(out)}); pass output= to select the tensor to analyse"
+                )
+            out = tensors[0]
+    elif isinstance(out, (tuple, list)):
+        tensors = [v for v in out if isinstance(v, torch.Tensor)]
+        if not tensors:
+            raise DataError(
+                f"the model returns a {type(out).__name__} without tensors; pass output= to "
+                "select the tensor to analyse"
+            )
+        out = tensors[0]
     if not isinstance(out, torch.Tensor):
         raise DataError(
-            f'the model returns {type(out).__name__}, not a tensor; "output" needs a tensor output'
+            f'the model returns {type(out).__name__}, not a tensor; "output" needs a tensor '
+            "output: pass output= (a callable from the return value to a tensor)"
         )
     if not out.is_floating_point():
         raise DataError(f'the model output has dtype {out.dtype}; "output" needs floating point')
     return out
 
 
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """``model(**inputs)`` for a mapping of keyword tensors (``input_ids``, ...), else
+    ``model(inputs)``."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    return model(inputs)
+
+
+def batch_size_of(inputs: Any) -> int:
+    """Number of samples in a batch of model inputs (a tensor or a mapping of tensors)."""
+    if isinstance(inputs, Mapping):
+        return int(next(v for v in inputs.values() if isinstance(v, torch.Tensor)).shape[0])
+    return int(inputs.shape[0])
+
+
 def capture(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: Any,
     modules: dict[str, nn.Module | None],
+    output: OutputSelector | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, InputLayout]]:
     """Run ``model(inputs)`` once and return the input activations of the node layers.
 
     Parameters
     ----------
-    model : the network (any ``nn.Module`` taking one positional input).
-    inputs : the model input for one batch.
+    model : the network (any ``nn.Module`` taking one positional input, or keyword tensors).
+    inputs : the model input for one batch (a tensor, or a mapping of keyword tensors).
     modules : result of :func:`resolve_node_layers` (insertion order = expected forward order).
+    output : selector of the analysed tensor from the model's return value
+        (:func:`select_output`).
 
     Returns
     -------
@@ -211,16 +266,16 @@ def capture(
 
         return hook
 
-    batch = inputs.shape[0]
+    batch = batch_size_of(inputs)
     handles = [
         m.register_forward_pre_hook(make_hook(n), with_kwargs=True)
         for n, m in modules.items()
         if m is not None
     ]
     try:
-        out = model(inputs)
+        out = call_model(model, inputs)
         if OUTPUT in modules:
-            acts[OUTPUT] = _output_tensor(out)
+            acts[OUTPUT] = select_output(out, output)
             layouts[OUTPUT] = InputLayout((0,), (out.shape[-1],), tuple(out.shape[:-1]))
             order.append(OUTPUT)
     except _StopForward:
@@ -244,11 +299,12 @@ def capture(
 
 def run_section(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: Any,
     inject: tuple[str, nn.Module],
     value: torch.Tensor,
     layout: InputLayout,
     read: tuple[str, nn.Module | None],
+    output: OutputSelector | None = None,
 ) -> torch.Tensor:
     """Run the model with the input of ``inject`` replaced by ``value``; return ``read``'s input.
 
@@ -257,7 +313,8 @@ def run_section(
     inputs : model input of the batch (needed to run the forward pass up to ``inject``).
     inject : (name, module) whose input is substituted.
     value : ``(batch, [pos...], d)`` activations in the concatenated layout ``layout``.
-    read : (name, module) whose input is returned; module ``None`` means the model output.
+    read : (name, module) whose input is returned; module ``None`` means the model output
+        (selected by ``output``, :func:`select_output`).
 
     This function is pure in ``value`` and so can be differentiated with ``torch.func``.
     """
@@ -285,8 +342,8 @@ def run_section(
     if read_module is not None:
         handles.append(read_module.register_forward_pre_hook(read_hook))
     try:
-        out = model(inputs)
-        result.append(_output_tensor(out))
+        out = call_model(model, inputs)
+        result.append(select_output(out, output))
     except _StopForward:
         pass
     finally:
@@ -295,46 +352,3 @@ def run_section(
     if not result:
         raise NodeLayerError(f"module {read_name!r} was not reached after {inject_name!r}")
     return result[0]
-
-
-def check_cut(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    inject: tuple[str, nn.Module],
-    acts_in: torch.Tensor,
-    layout: InputLayout,
-    read: tuple[str, nn.Module | None],
-    acts_out: torch.Tensor,
-    rtol: float = 1e-6,
-) -> bool:
-    """Check that ``read``'s input depends on the model input only through ``inject``'s input.
-
-    Substitutes the activations of the batch rolled by one sample into the forward pass of
-    the unrolled batch; for a cut the result is the rolled ``acts_out``. A residual
-    connection that bypasses ``inject`` breaks this. Needs a batch of at least two distinct
-    samples: returns whether the check could be made.
-
-    Raises
-    ------
-    NodeLayerError
-        Naming both node layers, when the section is not a cut.
-    """
-    if inputs.shape[0] < 2:
-        return False
-    rolled = torch.roll(acts_in, 1, dims=0)
-    if torch.equal(rolled, acts_in):
-        return False
-    got = run_section(model, inputs, inject, rolled, layout, read)
-    want = torch.roll(acts_out, 1, dims=0)
-    scale = want.abs().max().clamp_min(torch.finfo(want.dtype).tiny)
-    err = (got - want).abs().max()
-    if not err <= rtol * scale:
-        raise NodeLayerError(
-            f"node layers {inject[0]!r} -> {read[0]!r} are not consecutive sections of the "
-            f"forward pass: with the input of {inject[0]!r} substituted, the input of "
-            f"{read[0]!r} still depends on the model input by another path (max deviation "
-            f"{float(err):.3g} relative to {float(scale):.3g}). A residual connection around "
-            f"{inject[0]!r} does this; choose node layers whose input carries the whole state "
-            "(e.g. residual-stream hook points)."
-        )
-    return True

@@ -29,14 +29,13 @@ each chunk is reduced at once, so memory does not grow with the dataset.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import nn
 
 from interbasis.basis import Basis
-from interbasis.capture import InputLayout, as_positions, capture
+from interbasis.capture import InputLayout, as_positions
 from interbasis.errors import DataError, NonFiniteError
 from interbasis.jacobians import (
     DEFAULT_MEMORY_BUDGET,
@@ -44,9 +43,10 @@ from interbasis.jacobians import (
     affine_jacobian,
     batched_vjps,
     is_affine_on,
-    section_fn,
-    section_vjps,
+    unit_spread,
 )
+from interbasis.section import JacobianChunk, Mode, Section
+from interbasis.sources import STREAM_EDGES, Sources, SourceSpread
 
 EdgeKind = Literal["squared", "functional", "weight"]
 EDGE_KINDS = ("squared", "functional", "weight")
@@ -65,17 +65,17 @@ def _out_nodes(basis: Basis) -> tuple[torch.Tensor, int]:
 
 
 def _inputs(
-    model: nn.Module, x: torch.Tensor, inject: tuple[str, nn.Module], basis_in: Basis
+    section: Section, x: Any, basis_in: Basis
 ) -> tuple[torch.Tensor, InputLayout, torch.Tensor]:
-    acts, layouts = capture(model, x, {inject[0]: inject[1]})
-    f = acts[inject[0]].detach()
+    """Activations ``f`` of the section's input, its layout, and ``f_hat`` ``(b, P_kept, n)``."""
+    f, layout = section.capture_input(x)
     if f.shape[-1] != basis_in.dim:
         raise DataError(
             f"basis of {basis_in.name!r} has width {basis_in.dim} but the activations of "
-            f"{inject[0]!r} have width {f.shape[-1]} (bases from another model?)"
+            f"{section.inject[0]!r} have width {f.shape[-1]} (bases from another model?)"
         )
-    f_hat = as_positions(basis_in.transform(f)).to(f.dtype)
-    return f, layouts[inject[0]], f_hat
+    f_hat = section.input_positions(basis_in.transform(f)).to(f.dtype)
+    return f, layout, f_hat
 
 
 def _finish(
@@ -92,12 +92,14 @@ def _finish(
 
 
 class SquaredEdges:
-    """Streaming accumulator of squared edges from section VJPs (see module docstring).
+    """Streaming accumulator of squared edges from section Jacobians (module docstring).
 
-    ``add(acts_in, units, grads)`` takes the raw input activations of one batch and the
-    gradients of a chunk of output units ``(c, batch, P_in, d)`` as produced by
-    :func:`interbasis.jacobians.section_vjps` with ``out_map`` = the output basis' non-constant
-    nodes; chunks starting at unit 0 open a new batch for the normalisation.
+    Called as a consumer of :func:`interbasis.jacobians.section_jacobian_gram`:
+    ``add(batch_index, acts_in, chunk)`` with the input activations at the kept positions of
+    the chunk's samples ``(b, P_in, d)`` and a :class:`interbasis.section.JacobianChunk` whose
+    output units are the output basis' non-constant nodes, exact or combined over output
+    positions by stochastic sources (an unbiased estimate, module
+    :mod:`interbasis.sources`). A chunk starting at unit 0 opens a new set of samples.
     """
 
     def __init__(self, basis_in: Basis, basis_out: Basis) -> None:
@@ -106,45 +108,71 @@ class SquaredEdges:
         self.k = omap.shape[1]
         self.E = torch.zeros(basis_out.n_nodes, basis_in.n_nodes, dtype=torch.float64)
         self.count = 0
+        self.spread = SourceSpread()
         self._f_hat: torch.Tensor | None = None
+        self._batch = -1
         self._pinv = _nonconstant_pinv(basis_in)
 
-    def add(self, acts_in: torch.Tensor, units: slice, grads: torch.Tensor) -> None:
-        if units.start == 0 or self._f_hat is None:  # a new batch: its coordinates, once
-            self._f_hat = as_positions(self.basis_in.transform(acts_in)).to(grads.dtype)
+    def __call__(self, batch: int, acts_in: torch.Tensor, chunk: JacobianChunk) -> None:
+        self.add(batch, acts_in, chunk)
+
+    def add(self, batch: int, acts_in: torch.Tensor, chunk: JacobianChunk) -> None:
+        if not chunk.out_units.per_node:
+            raise ValueError("squared edges need exact output directions (no hidden sources)")
+        if batch != self._batch:
+            self.spread.end_batch()
+            self._batch = batch
+        if chunk.units.start == 0 or self._f_hat is None:  # new samples: their coordinates
+            self._f_hat = as_positions(self.basis_in.transform(acts_in)).to(chunk.grads.dtype)
             self.count += self._f_hat.shape[0] * self._f_hat.shape[1]
-            self._pinv = _nonconstant_pinv(self.basis_in).to(grads.device, grads.dtype)
-            self.E = self.E.to(grads.device)
-        g_hat = grads @ self._pinv.T  # (c, b, P_in, n_in): d out_unit / d f_hat
+            self._pinv = _nonconstant_pinv(self.basis_in).to(chunk.grads)
+            self.E = self.E.to(chunk.grads.device)
+        g_hat = chunk.grads @ self._pinv.T  # (c, b, P_in, n_in): d out_unit / d f_hat
         a = (g_hat * self._f_hat).sum(2).to(torch.float64)  # (c, b, n_in): sum over positions
-        rows = self.first + torch.arange(units.start, units.stop, device=self.E.device) % self.k
-        self.E.index_add_(0, rows, a.pow(2).sum(1))
+        a2 = a.pow(2).sum(1)  # (c, n_in)
+        units = torch.arange(chunk.units.start, chunk.units.stop, device=self.E.device)
+        self.E.index_add_(0, self.first + units % self.k, a2)
+        unit_spread(self.spread, chunk.out_units, chunk.units, a2.sum(1))
 
     def value(self, name: str) -> np.ndarray:
         """``(n_out, n_in)`` edges, normalised by ``N * P_in``."""
         return _finish(self.E, self.count, self.basis_in, self.basis_out, name)
 
+    @property
+    def relative_standard_error(self) -> float | None:
+        """Of the total edge weight, from the spread of the source samples (0 when exact;
+        ``None`` when one source sample per batch cannot show it)."""
+        self.spread.end_batch()
+        return self.spread.relative_standard_error if self.spread.total else 0.0
+
 
 def squared_edges(
-    model: nn.Module,
-    batches: Iterable[torch.Tensor],
-    inject: tuple[str, nn.Module],
-    read: tuple[str, nn.Module | None],
+    section: Section,
+    batches: Iterable[Any],
     basis_in: Basis,
     basis_out: Basis,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    sources: Sources | None = None,
+    mode: Mode = "auto",
+    accumulator: SquaredEdges | None = None,
 ) -> np.ndarray:
-    """Squared integrated-gradient edges at alpha = 1 (DESIGN §4), ``(n_out, n_in)``."""
-    acc = SquaredEdges(basis_in, basis_out)
+    """Squared integrated-gradient edges at alpha = 1 (DESIGN §4), ``(n_out, n_in)``.
+
+    With ``sources=Sources(positions=S)`` the output positions are combined by ``S``
+    Rademacher sources per batch: an unbiased estimate (:mod:`interbasis.sources`).
+    """
+    acc = accumulator if accumulator is not None else SquaredEdges(basis_in, basis_out)
     omap = _out_nodes(basis_out)[0]
-    for x in batches:
-        f, layout, _ = _inputs(model, x, inject, basis_in)
+    for b, x in enumerate(batches):
+        f, layout, _ = _inputs(section, x, basis_in)
+        acts_in = section.input_positions(f)
         with torch.no_grad():
-            for units, grads in section_vjps(
-                model, x, inject, f, layout, read, omap, memory_budget
-            ):
-                acc.add(f, units, grads)
-    return acc.value(inject[0])
+            for chunk in section.jacobians(
+                x, f, layout, omap, sources=sources, batch=b, stream=STREAM_EDGES, mode=mode,
+                memory_budget=memory_budget,
+            ):  # fmt: skip
+                acc.add(b, acts_in[chunk.samples], chunk)
+    return acc.value(section.inject[0])
 
 
 def gauss_legendre(n_points: int) -> tuple[np.ndarray, np.ndarray]:
@@ -166,10 +194,8 @@ def _path_cotangents(delta: torch.Tensor, om: torch.Tensor) -> Cotangents:
 
 
 def functional_edges(
-    model: nn.Module,
-    batches: Iterable[torch.Tensor],
-    inject: tuple[str, nn.Module],
-    read: tuple[str, nn.Module | None],
+    section: Section,
+    batches: Iterable[Any],
     basis_in: Basis,
     basis_out: Basis,
     n_points: int = 16,
@@ -187,13 +213,15 @@ def functional_edges(
     E = torch.zeros(basis_out.n_nodes, basis_in.n_nodes, dtype=torch.float64)
     count = 0
     lo = 1 if basis_in.has_constant else 0
+    if section.keep_in is not None or section.keep_out is not None:
+        raise ValueError('edges="functional" does not support keep_positions; use "squared"')
     for x in batches:
-        f, layout, f_hat = _inputs(model, x, inject, basis_in)
+        f, layout, f_hat = _inputs(section, x, basis_in)
         pinv = _nonconstant_pinv(basis_in).to(f.device, f.dtype)
         E = E.to(f.device)
         om = omap.to(f.device, f.dtype)
         count += f_hat.shape[0] * f_hat.shape[1]
-        fn = section_fn(model, x, inject, layout, read)
+        fn = section.fn(x, layout)
         centred = (f_hat[..., lo:] @ pinv[lo:]).reshape(f.shape)  # f - mean, in the basis span
         with torch.no_grad():
             out_1 = fn(f) @ om  # (b, P_out, k)
@@ -209,14 +237,12 @@ def functional_edges(
                     a = torch.einsum("cbsj,bsj->cj", g_hat, f_hat)
                     rows = first + torch.arange(units.start, units.stop, device=E.device)
                     E.index_add_(0, rows, -float(w) * a.to(torch.float64))
-    return _finish(E, count, basis_in, basis_out, inject[0])
+    return _finish(E, count, basis_in, basis_out, section.inject[0])
 
 
 def weight_edges(
-    model: nn.Module,
-    batches: Iterable[torch.Tensor],
-    inject: tuple[str, nn.Module],
-    read: tuple[str, nn.Module | None],
+    section: Section,
+    batches: Iterable[Any],
     basis_in: Basis,
     basis_out: Basis,
     jacobian: torch.Tensor | None = None,
@@ -239,19 +265,18 @@ def weight_edges(
     S: torch.Tensor | None = None
     count = 0
     J = jacobian
+    inject, read = section.inject, section.read
     for b, x in enumerate(batches):
-        f, layout, f_hat = _inputs(model, x, inject, basis_in)
+        f, layout, f_hat = _inputs(section, x, basis_in)
         with torch.no_grad():
             if J is None:
-                J = affine_jacobian(model, x, inject, f, layout, read, omap)
+                J = affine_jacobian(section, x, f, layout, omap)
             if J.shape[1:-1] != f_hat.shape[1:-1]:
                 raise DataError(
                     f'edges="weight": batch {b} of {inject[0]!r} has {f_hat.shape[1]} '
                     f"positions, the Jacobian {J.shape[1]}; positions must not change"
                 )
-            if jacobian is None and not is_affine_on(
-                model, x, inject, f, layout, read, omap, J, seed=b
-            ):
+            if jacobian is None and not is_affine_on(section, x, f, layout, omap, J, seed=b):
                 raise DataError(
                     f'edges="weight" needs an affine section, but {inject[0]!r} -> '
                     f"{read[0]!r} is not affine on the data (batch {b}); use "
@@ -267,4 +292,4 @@ def weight_edges(
     E_nodes = torch.einsum("tisj,tirj,srj->ij", J_hat, J_hat, S)
     E = torch.zeros(basis_out.n_nodes, basis_in.n_nodes, dtype=torch.float64, device=J.device)
     E[first:] = E_nodes
-    return _finish(E, count, basis_in, basis_out, inject[0])
+    return _finish(E, count, basis_in, basis_out, section.inject[0])

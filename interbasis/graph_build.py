@@ -16,14 +16,18 @@ from graphs import InteractionGraph, NodeLayer
 from interbasis.basis import Basis, Truncation, interaction_basis
 from interbasis.build import (
     BasisKind,
+    KeepPositions,
     Run,
+    TrainMode,
     accumulate_activation_grams,
     bases_for_run,
     check_basis_options,
+    check_int,
     final_basis_of,
     node_map,
     prepare,
 )
+from interbasis.capture import OutputSelector
 from interbasis.edges import (
     EDGE_KINDS,
     EdgeKind,
@@ -34,6 +38,8 @@ from interbasis.edges import (
 )
 from interbasis.errors import ShapeError
 from interbasis.jacobians import DEFAULT_MEMORY_BUDGET, section_jacobian_gram
+from interbasis.section import JacobianChunk, Mode
+from interbasis.sources import Sources, check_sources
 
 
 def _check_bases(run: Run, bases: Sequence[Basis]) -> None:
@@ -72,20 +78,21 @@ DEFAULT_JACOBIAN_CACHE = 2**30
 
 
 class _JacobianCache:
-    """Keeps ``(acts_in, units, grads)`` of one section while they fit in ``limit`` bytes."""
+    """Keeps the Jacobian chunks of one section while they fit in ``limit`` bytes."""
 
     def __init__(self, limit: int) -> None:
         self.limit, self.size, self.overflow = limit, 0, False
-        self.items: list[tuple[torch.Tensor, slice, torch.Tensor]] = []
+        self.items: list[tuple[int, torch.Tensor, JacobianChunk]] = []
 
-    def __call__(self, _batch: int, acts_in: torch.Tensor, units: slice, g: torch.Tensor) -> None:
+    def __call__(self, batch: int, acts_in: torch.Tensor, chunk: JacobianChunk) -> None:
         if self.overflow:
             return
+        g = chunk.grads
         self.size += g.numel() * g.element_size() + acts_in.numel() * acts_in.element_size()
         if self.size > self.limit:
             self.items, self.overflow = [], True
         else:
-            self.items.append((acts_in, units, g))
+            self.items.append((batch, acts_in, chunk))
 
 
 def _local_bases_and_squared_edges(
@@ -96,34 +103,43 @@ def _local_bases_and_squared_edges(
     truncation: Truncation,
     final_basis: str,
     cache_limit: int,
+    edge_sources: Sources | None,
+    edge_errors: dict[str, float | None],
 ) -> list[Basis]:
     """Local interaction bases, output first, with each section's squared edges computed
-    from the same VJPs as its M when they fit in the cache (one pass per section)."""
+    from the same Jacobians as its M when they fit in the cache (one pass per section) and
+    the M's output units suit the edges (the same sources, none over hidden directions)."""
     names = run.names
     bases = {names[-1]: final_basis_of(run, names[-1], final_basis, center, truncation)}
+    reuse = edge_sources == run.sources and (run.sources is None or run.sources.hidden is None)
     for i in range(len(names) - 2, -1, -1):
         name, nxt = names[i], names[i + 1]
         g = run.grams[name]
-        cache = _JacobianCache(cache_limit)
-        section = section_jacobian_gram(
-            run.model, partial(run.batches, f"M {name}"), run.injectable(name),
-            run.module(nxt), node_map(bases[nxt]), run.memory_budget, consumers=[cache],
+        cache = _JacobianCache(cache_limit if reuse else 0)
+        section = run.section(name, nxt)
+        result = section_jacobian_gram(
+            section, partial(run.batches, f"M {name}"), node_map(bases[nxt]),
+            run.memory_budget, consumers=[cache] if reuse else [], sources=run.sources,
+            mode=run.mode,
         )  # fmt: skip
+        run.estimator_error[name] = result.relative_standard_error
         gram = g.covariance if center else g.second_moment
         bases[name] = interaction_basis(
-            name, g.mean, gram, section.M, center=center, fold_bias=fold_bias,
+            name, g.mean, gram, result.M, center=center, fold_bias=fold_bias,
             truncation=truncation,
         )  # fmt: skip
-        if section.affine is not None:  # one Jacobian serves every sample
+        if result.affine is not None:  # one Jacobian serves every sample
             matrices[i] = weight_edges(
-                run.model, run.batches(f"edges {name}"), run.injectable(name), run.module(nxt),
-                bases[name], bases[nxt], jacobian=section.affine,
+                section, run.batches(f"edges {name}"), bases[name], bases[nxt],
+                jacobian=result.affine,
             )  # fmt: skip
-        elif not cache.overflow:
+            edge_errors[name] = 0.0
+        elif reuse and not cache.overflow:
             acc = SquaredEdges(bases[name], bases[nxt])
-            for acts_in, units, grads in cache.items:
-                acc.add(acts_in, units, grads)
+            for batch, acts_in, chunk in cache.items:
+                acc.add(batch, acts_in, chunk)
             matrices[i] = acc.value(name)
+            edge_errors[name] = acc.relative_standard_error
     return [bases[n] for n in names]
 
 
@@ -147,7 +163,7 @@ def build_graph(
     center: bool = True,
     fold_bias: bool = True,
     truncation: Truncation = "auto",
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype | None = torch.float64,
     device: torch.device | str | None = None,
     batch_size: int | None = None,
     progress: bool = True,
@@ -156,6 +172,12 @@ def build_graph(
     n_points: int = 16,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     jacobian_cache: int = DEFAULT_JACOBIAN_CACHE,
+    sources: Sources | None = None,
+    edge_sources: Sources | None = None,
+    mode: Mode = "auto",
+    output: OutputSelector | None = None,
+    keep_positions: KeepPositions = None,
+    train_mode: TrainMode = "eval",
 ) -> InteractionGraph:
     """The interaction graph of a model on data (DESIGN §3 and §5).
 
@@ -171,6 +193,11 @@ def build_graph(
         squared edges (local interaction basis), which then need no second pass over the
         data; when a section's Jacobians exceed it they are recomputed instead, so memory
         stays bounded whatever the dataset size. ``0`` always recomputes.
+    sources, edge_sources : :class:`interbasis.Sources` for unbiased stochastic estimates of
+        M and of the squared edges (``edge_sources``: output positions only); ``None`` =
+        exact. The relative standard error of each estimate (of ``tr M`` and of the total
+        edge weight, from the spread of the source samples) is stored in
+        ``metadata["estimator"]``.
 
     Returns
     -------
@@ -189,24 +216,32 @@ def build_graph(
     """
     from interbasis import __version__
 
-    check_basis_options(basis, scope, center, fold_bias)
+    check_basis_options(basis, scope, center, fold_bias, truncation, final_basis)
     if edges not in EDGE_KINDS:
         raise ValueError(f"edges must be one of {EDGE_KINDS}, got {edges!r}")
-    if len(node_layers) < 2:
+    if not isinstance(node_layers, str) and len(node_layers) < 2:
         raise ShapeError(f"a graph needs at least two node layers, got {list(node_layers)}")
+    check_int("n_points", n_points)
+    check_int("jacobian_cache", jacobian_cache, minimum=0, allow_none=False)
+    edge_sources = check_sources(edge_sources, "edge_sources", edges=True)
+    if edge_sources is not None and edges != "squared":
+        raise ValueError(f'edge_sources applies to edges="squared", not edges={edges!r}')
     started = time.time()
     run = prepare(
         model, data, node_layers, dtype=dtype, device=device, batch_size=batch_size,
-        progress=progress, memory_budget=memory_budget,
+        progress=progress, memory_budget=memory_budget, output=output,
+        keep_positions=keep_positions, sources=sources, mode=mode, train_mode=train_mode,
     )  # fmt: skip
     accumulate_activation_grams(run, check_cuts=True)
     names = run.names
     given = bases is not None
     matrices: dict[int, np.ndarray] = {}
+    edge_errors: dict[str, float | None] = {}
     if bases is None and basis == "interaction" and scope == "local" and edges == "squared":
         bases = _local_bases_and_squared_edges(
-            run, matrices, center, fold_bias, truncation, final_basis, jacobian_cache
-        )
+            run, matrices, center, fold_bias, truncation, final_basis, jacobian_cache,
+            edge_sources, edge_errors,
+        )  # fmt: skip
     elif bases is None:
         bases = bases_for_run(run, basis, center, fold_bias, truncation, scope, final_basis)
     else:
@@ -216,13 +251,18 @@ def build_graph(
         if i in matrices:
             continue
         b_in, b_out = bases[i], bases[i + 1]
-        args = (run.model, run.batches(f"edges {lo}"), run.injectable(lo), run.module(hi))
+        section, batches = run.section(lo, hi), run.batches(f"edges {lo}")
         if edges == "squared":
-            matrices[i] = squared_edges(*args, b_in, b_out, run.memory_budget)
+            acc = SquaredEdges(b_in, b_out)
+            matrices[i] = squared_edges(
+                section, batches, b_in, b_out, run.memory_budget, edge_sources, run.mode, acc
+            )
+            edge_errors[lo] = acc.relative_standard_error
         elif edges == "functional":
-            matrices[i] = np.abs(functional_edges(*args, b_in, b_out, n_points, run.memory_budget))
+            matrices[i] = np.abs(functional_edges(section, batches, b_in, b_out, n_points,
+                                                  run.memory_budget))  # fmt: skip
         else:
-            matrices[i] = weight_edges(*args, b_in, b_out)
+            matrices[i] = weight_edges(section, batches, b_in, b_out)
     layers = [node_layer(b, run.grams[b.name].covariance) for b in bases]
     metadata = {
         "interbasis_version": __version__,
@@ -242,6 +282,15 @@ def build_graph(
         "device": str(run.device),
         "batch_size": batch_size,
         "n_samples": run.n_samples,
+        "mode": mode,
+        "keep_positions": run.keep_positions or None,
+        "estimator": {
+            "sources": run.sources.as_dict() if run.sources is not None else None,
+            "edge_sources": edge_sources.as_dict() if edge_sources is not None else None,
+            # relative standard error of tr M per node layer and of the total edge weight
+            # per section (named by its input layer), from the spread of the source samples
+            "relative_standard_error": {"M": dict(run.estimator_error), "edges": edge_errors},
+        },
         "seconds": round(time.time() - started, 3),
     }
     return InteractionGraph(layers, [matrices[i] for i in range(len(names) - 1)], metadata)

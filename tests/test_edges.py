@@ -139,9 +139,7 @@ def test_functional_edges_are_complete() -> None:
     x = torch.randn(80, 3, dtype=torch.float64)
     bases = build_bases(net, x, ["2", "output"], progress=False)
     run = prepare(net, x, ["2", "output"], progress=False)
-    E = functional_edges(
-        run.model, run.batches(), run.injectable("2"), run.module("output"), *bases, n_points=24
-    )
+    E = functional_edges(run.section("2", "output"), run.batches(), *bases, n_points=24)
     h = _acts(net, x, "2")
     b = bases[0]
     start = h - b.inverse_transform(b.transform(h)) + b.mean  # the path at alpha = 0
@@ -206,9 +204,7 @@ def test_functional_edges_match_a_brute_force_loop() -> None:
     b = bases[0]
     assert b.n_nodes == 7
     run = prepare(net, x, ["2", "output"], progress=False)
-    E = functional_edges(
-        run.model, run.batches(), run.injectable("2"), run.module("output"), *bases, n_points=8
-    )
+    E = functional_edges(run.section("2", "output"), run.batches(), *bases, n_points=8)
     h = _acts(net, x, "2")
     f_hat = b.transform(h)
     out_1 = net[2](h)

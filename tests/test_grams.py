@@ -88,12 +88,12 @@ def test_affine_sections_take_the_fast_path_and_agree() -> None:
     x = torch.randn(50, 3, dtype=torch.float64)
     run = prepare(net, x, ["0", "2", "output"], batch_size=16, progress=False)
     out_map = torch.randn(4, 3, dtype=torch.float64)
-    args = (run.injectable("2"), run.module("output"), out_map)
-    fast = section_jacobian_gram(run.model, run.batches, *args)
-    slow = section_jacobian_gram(run.model, run.batches, *args, detect_affine=False)
+    args = (run.section("2", "output"), run.batches, out_map)
+    fast = section_jacobian_gram(*args)
+    slow = section_jacobian_gram(*args, detect_affine=False)
     assert fast.affine is not None and slow.affine is None
     torch.testing.assert_close(fast.M, slow.M, rtol=1e-12, atol=0)
     W = net[2].weight.detach()
     torch.testing.assert_close(fast.M, W.T @ out_map @ out_map.T @ W, rtol=1e-12, atol=0)
-    args = (run.injectable("0"), run.module("2"), torch.eye(6, dtype=torch.float64))
-    assert section_jacobian_gram(run.model, run.batches, *args).affine is None
+    args = (run.section("0", "2"), run.batches, torch.eye(6, dtype=torch.float64))
+    assert section_jacobian_gram(*args).affine is None

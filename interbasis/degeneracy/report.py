@@ -68,6 +68,7 @@ from interbasis.degeneracy.sync import (
 )
 from interbasis.errors import DataError
 from interbasis.jacobians import jacobian_gram
+from interbasis.section import Section
 
 
 @dataclass(frozen=True)
@@ -349,9 +350,8 @@ def partial_k(
     run = prepare(model, data, [wrt, OUTPUT], dtype=torch.float64, device=device,
                   batch_size=batch_size, progress=False)  # fmt: skip
     eye = torch.eye(out_width, dtype=torch.float64, device=run.device)
-    return jacobian_gram(
-        run.model, run.batches(), run.injectable(wrt), run.module(OUTPUT), eye, run.memory_budget
-    )
+    section = Section(run.model, run.injectable(wrt), run.module(OUTPUT))
+    return jacobian_gram(section, run.batches(), eye, run.memory_budget)
 
 
 def _warn_sparse_regions(st: GateStats, in_width: int) -> None:

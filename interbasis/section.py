@@ -1,0 +1,334 @@
+"""A section of the forward pass: the map from one node layer to the next.
+
+``Section(model, inject, read)`` is ``f^{read}(f^{inject})``: the model run with the input of
+module ``inject`` substituted (:func:`interbasis.capture.run_section`) and the input of
+``read`` (or the model output) returned. It is the one place where capture, Jacobians and
+edges meet: its forward, its Jacobians by VJPs (reverse mode, one pass per output unit) or by
+JVPs (forward mode, one pass per input unit), its output units (exact or stochastic,
+:mod:`interbasis.sources`), kept positions, and its cut check.
+
+Jacobians come in chunks (:class:`JacobianChunk`) of gradients ``(units, batch, P_in, d_in)``
+of the section's output units with respect to its input at the kept input positions, whatever
+the mode, so that every reduction (M, squared edges) is written once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from interbasis.capture import (
+    InputLayout,
+    OutputSelector,
+    as_positions,
+    batch_size_of,
+    capture,
+    run_section,
+)
+from interbasis.errors import DataError, NodeLayerError
+from interbasis.performance import SMALL_WORK, single_thread
+from interbasis.sources import STREAM_M, OutputUnits, Sources, check_keep, output_units
+
+log = logging.getLogger(__name__)
+
+#: bytes per chunk of batched VJPs/JVPs; cache-sized chunks measured fastest on CPU
+DEFAULT_MEMORY_BUDGET = 32 * 2**20
+Mode = Literal["auto", "vjp", "jvp"]
+MODES = ("auto", "vjp", "jvp")
+
+
+def units_per_chunk(
+    batch: int, numel_in: int, numel_out: int, n_units: int, memory_budget: int
+) -> int:
+    """Units per vmapped VJP/JVP chunk so that one chunk fits ``memory_budget`` bytes.
+
+    The estimate counts, per unit and sample, the cotangent (tangent), the gradient and a few
+    buffers of the pass of the same sizes (8 bytes each, float64).
+    """
+    per_unit = 8 * batch * (4 * numel_in + 2 * numel_out)
+    return int(max(1, min(n_units, memory_budget // max(per_unit, 1))))
+
+
+@dataclass
+class JacobianChunk:
+    """Gradients of a chunk of output units for a slice of the batch's samples.
+
+    Attributes
+    ----------
+    samples : the samples of the batch this chunk covers.
+    units : the output units (indices into ``out_units``).
+    grads : ``(len(units), len(samples), P_in, d_in)`` at the kept input positions.
+    out_units : the batch's output units (factors, node and source-sample of each unit).
+    """
+
+    samples: slice
+    units: slice
+    grads: torch.Tensor
+    out_units: OutputUnits
+
+
+@dataclass
+class Section:
+    """The map from node layer ``inject`` to node layer ``read`` (module docstring).
+
+    Parameters
+    ----------
+    model : the network (already on its device and dtype).
+    inject : ``(name, module)`` whose input is substituted.
+    read : ``(name, module)`` whose input is read; module ``None`` = the model output.
+    output : selector of the model output (:func:`interbasis.capture.select_output`).
+    keep_in, keep_out : positions of the two node layers that count (``None``: all;
+        negative indices count from the end), e.g. ``[-1]`` for the last position.
+    """
+
+    model: nn.Module
+    inject: tuple[str, nn.Module]
+    read: tuple[str, nn.Module | None]
+    output: OutputSelector | None = None
+    keep_in: Sequence[int] | None = None
+    keep_out: Sequence[int] | None = None
+    _jvp_failed: bool = field(default=False, repr=False)
+    _out_shapes: dict[tuple[int, ...], tuple[int, int]] = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.inject[0]!r} -> {self.read[0]!r}"
+
+    # --- forward ---------------------------------------------------------------------------
+    def capture_input(self, x: Any) -> tuple[torch.Tensor, InputLayout]:
+        """The (detached) input activations of ``inject`` for model input ``x``, and layout."""
+        acts, layouts = capture(self.model, x, {self.inject[0]: self.inject[1]})
+        return acts[self.inject[0]].detach(), layouts[self.inject[0]]
+
+    def run(self, x: Any, value: torch.Tensor, layout: InputLayout) -> torch.Tensor:
+        """``read``'s input with ``value`` substituted at ``inject``, shape as read."""
+        return run_section(self.model, x, self.inject, value, layout, self.read, self.output)
+
+    def fn(self, x: Any, layout: InputLayout) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``v -> f^{read}`` as ``(batch, P_out, d_out)``; pure in ``v`` (for ``torch.func``)."""
+
+        def section(v: torch.Tensor) -> torch.Tensor:
+            return as_positions(self.run(x, v, layout))
+
+        return section
+
+    # --- positions -------------------------------------------------------------------------
+    def kept_in(self, p_in: int) -> torch.Tensor | None:
+        if self.keep_in is None:
+            return None
+        return check_keep(torch.as_tensor(list(self.keep_in)), p_in, self.inject[0])
+
+    def kept_out(self, p_out: int) -> torch.Tensor | None:
+        if self.keep_out is None:
+            return None
+        return check_keep(torch.as_tensor(list(self.keep_out)), p_out, self.read[0])
+
+    def input_positions(self, acts: torch.Tensor) -> torch.Tensor:
+        """``(batch, P_kept, d)``: activations of ``inject`` at its kept positions."""
+        a = as_positions(acts)
+        kept = self.kept_in(a.shape[1])
+        return a if kept is None else a[:, kept.to(a.device)]
+
+    # --- cut check -------------------------------------------------------------------------
+    def check_cut(
+        self,
+        x: Any,
+        acts_in: torch.Tensor,
+        layout: InputLayout,
+        acts_out: torch.Tensor,
+        rtol: float = 1e-6,
+    ) -> bool:
+        """Check that ``read``'s input depends on the model input only through ``inject``'s.
+
+        Substitutes the activations of the batch rolled by one sample into the forward pass of
+        the unrolled batch; for a cut the result is the rolled ``acts_out``. A residual
+        connection that bypasses ``inject`` breaks this. Needs a batch of at least two
+        distinct samples: returns whether the check could be made.
+
+        Raises
+        ------
+        NodeLayerError
+            Naming both node layers, when the section is not a cut.
+        """
+        if batch_size_of(x) < 2:
+            return False
+        rolled = torch.roll(acts_in, 1, dims=0)
+        if torch.equal(rolled, acts_in):
+            return False
+        got = self.run(x, rolled, layout)
+        want = torch.roll(acts_out, 1, dims=0)
+        scale = want.abs().max().clamp_min(torch.finfo(want.dtype).tiny)
+        err = (got - want).abs().max()
+        if not err <= rtol * scale:
+            raise NodeLayerError(
+                f"node layers {self.inject[0]!r} -> {self.read[0]!r} are not consecutive "
+                f"sections of the forward pass: with the input of {self.inject[0]!r} "
+                f"substituted, the input of {self.read[0]!r} still depends on the model input "
+                f"by another path (max deviation {float(err):.3g} relative to "
+                f"{float(scale):.3g}). A residual connection around {self.inject[0]!r} does "
+                "this, and so does randomness in the forward pass (dropout in train mode); "
+                "choose node layers whose input carries the whole state (e.g. residual-stream "
+                "hook points) and call model.eval()."
+            )
+        return True
+
+    # --- Jacobians -------------------------------------------------------------------------
+    def output_units(
+        self,
+        out_map: torch.Tensor,
+        p_out: int,
+        sources: Sources | None = None,
+        batch: int = 0,
+        stream: int = STREAM_M,
+    ) -> OutputUnits:
+        """Output units for one batch (exact or stochastic, :func:`sources.output_units`)."""
+        return output_units(
+            out_map, p_out, sources, batch=batch, stream=stream, keep=self.kept_out(p_out)
+        )
+
+    def jacobians(
+        self,
+        x: Any,
+        value: torch.Tensor,
+        layout: InputLayout,
+        out_map: torch.Tensor,
+        *,
+        sources: Sources | None = None,
+        batch: int = 0,
+        stream: int = STREAM_M,
+        mode: Mode = "auto",
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    ) -> Iterator[JacobianChunk]:
+        """Gradients of the output units with respect to the kept input positions, in chunks.
+
+        Parameters
+        ----------
+        value : ``(batch, [pos], d_in)`` the activations at ``inject`` for ``x``.
+        out_map : ``(d_out, k)`` output basis directions (e.g. ``C^{l+1}`` without its
+            constant row and node); output unit ``(t, i)`` is ``f^{read}_t @ out_map[:, i]``.
+        sources : stochastic output units (:class:`interbasis.sources.Sources`) or ``None``.
+        mode : ``"vjp"`` (one backward pass per output unit), ``"jvp"`` (one forward-mode
+            pass per input unit) or ``"auto"`` (the fewer passes; falls back to VJPs where an
+            operation has no forward-mode derivative).
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        p_out = self._output_positions(x, value, layout)
+        if out_map.shape[0] != p_out[1]:
+            raise DataError(
+                f"out_map has {out_map.shape[0]} rows but {self.read[0]!r} has width {p_out[1]}"
+            )
+        units = self.output_units(out_map, p_out[0], sources, batch, stream)
+        v = as_positions(value)
+        kept = self.kept_in(v.shape[1])
+        n_in = (v.shape[1] if kept is None else len(kept)) * v.shape[-1]
+        use_jvp = mode == "jvp" or (mode == "auto" and n_in < units.n_units)
+        # small passes run on one thread (performance.single_thread)
+        small = value.device.type == "cpu" and value.numel() * min(n_in, units.n_units) < SMALL_WORK
+        with single_thread(small):
+            if use_jvp and not (mode == "auto" and self._jvp_failed):
+                try:
+                    yield from self._jvp_chunks(x, value, layout, units, kept, memory_budget)
+                    return
+                except (NotImplementedError, RuntimeError) as err:
+                    if mode == "jvp":
+                        raise DataError(
+                            f'mode="jvp" failed on section {self.name}: an operation has no '
+                            f"forward-mode derivative ({str(err).splitlines()[0]}); use "
+                            'mode="vjp"'
+                        ) from err
+                    log.info("forward mode failed on section %s (%s); using VJPs", self.name, err)
+                    self._jvp_failed = True
+            yield from self._vjp_chunks(x, value, layout, units, kept, memory_budget)
+
+    def _output_positions(
+        self, x: Any, value: torch.Tensor, layout: InputLayout
+    ) -> tuple[int, int]:
+        """``(P_out, d_out)``, from one forward pass per input shape."""
+        key = tuple(value.shape[1:])
+        if key not in self._out_shapes:
+            with torch.no_grad():
+                out = self.fn(x, layout)(value)
+            self._out_shapes[key] = (out.shape[1], out.shape[2])
+        return self._out_shapes[key]
+
+    def _vjp_chunks(
+        self,
+        x: Any,
+        value: torch.Tensor,
+        layout: InputLayout,
+        units: OutputUnits,
+        kept: torch.Tensor | None,
+        memory_budget: int,
+    ) -> Iterator[JacobianChunk]:
+        out, vjp_fn = torch.func.vjp(self.fn(x, layout), value)[:2]
+        b = value.shape[0]
+        chunk = units_per_chunk(b, value[0].numel(), out[0].numel(), units.n_units, memory_budget)
+        batched_vjp = torch.func.vmap(vjp_fn)
+        for start in range(0, units.n_units, chunk):
+            idx = torch.arange(start, min(start + chunk, units.n_units), device=out.device)
+            (grads,) = batched_vjp(units.cotangents(idx, out))
+            grads = grads.reshape(len(idx), b, -1, value.shape[-1])
+            if kept is not None:
+                grads = grads[:, :, kept.to(grads.device)]
+            yield JacobianChunk(slice(0, b), slice(start, start + len(idx)), grads, units)
+
+    def _jvp_chunks(
+        self,
+        x: Any,
+        value: torch.Tensor,
+        layout: InputLayout,
+        units: OutputUnits,
+        kept: torch.Tensor | None,
+        memory_budget: int,
+    ) -> Iterator[JacobianChunk]:
+        """Columns of the Jacobian by forward mode, over sub-batches sized to the budget."""
+        b, d = value.shape[0], value.shape[-1]
+        p_in = as_positions(value).shape[1]
+        positions = torch.arange(p_in) if kept is None else kept.cpu()
+        n_in, n_units = len(positions) * d, units.n_units
+        # the full Jacobian of a sub-batch is kept: (n_units, b_sub, P_kept, d) float64
+        b_sub = int(max(1, min(b, memory_budget // max(8 * n_units * n_in, 1))))
+        pos = units.pos.to(value)
+        dirs = units.dirs.to(value)
+        for lo in range(0, b, b_sub):
+            sl = slice(lo, min(lo + b_sub, b))
+            xs = _slice_inputs(x, sl)
+            vs = value[sl]
+            fn = self.fn(xs, layout)
+
+            def jvp_of(tangent: torch.Tensor, fn: Callable = fn, vs: torch.Tensor = vs) -> Any:
+                return torch.func.jvp(fn, (vs,), (tangent,))[1]
+
+            batched_jvp = torch.func.vmap(jvp_of)
+            nb = vs.shape[0]
+            numel_out = 0
+            cols = torch.empty(n_in, nb, n_units, dtype=value.dtype, device=value.device)
+            chunk = 1
+            start = 0
+            while start < n_in:
+                idx = torch.arange(start, min(start + chunk, n_in))
+                s, j = positions[idx // d], idx % d
+                tangents = torch.zeros(len(idx), nb, p_in, d, dtype=value.dtype)
+                tangents[torch.arange(len(idx)), :, s, j] = 1.0
+                tangents = tangents.to(value.device).reshape(len(idx), *vs.shape)
+                jv = batched_jvp(tangents)  # (c, nb, P_out, d_out)
+                y = torch.einsum("cbto,pt,oq->cbpq", jv, pos, dirs)
+                cols[start : start + len(idx)] = y.reshape(len(idx), nb, n_units)
+                start += len(idx)
+                if numel_out == 0:  # size the chunks once the output size is known
+                    numel_out = jv[0, 0].numel()
+                    chunk = units_per_chunk(nb, vs[0].numel(), numel_out, n_in, memory_budget)
+            grads = cols.reshape(len(positions), d, nb, n_units).permute(3, 2, 0, 1)
+            yield JacobianChunk(sl, slice(0, n_units), grads, units)
+
+
+def _slice_inputs(x: Any, sl: slice) -> Any:
+    if isinstance(x, Mapping):
+        return {k: v[sl] if isinstance(v, torch.Tensor) else v for k, v in x.items()}
+    return x[sl]
