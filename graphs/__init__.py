@@ -26,6 +26,7 @@ from graphs.export import (
     write_graphml,
     write_json,
 )
+from graphs.formats import read_gexf, read_neuronpedia_json, write_gexf, write_neuronpedia_json
 from graphs.graph import InteractionGraph, NodeLayer
 from graphs.modules import Partition, adjusted_rand_index, find_modules
 from graphs.null_model import (
@@ -36,6 +37,7 @@ from graphs.null_model import (
     shuffle_edges,
     stability,
 )
+from graphs.viewer import write_html
 
 
 def draw_graph(graph: InteractionGraph, *args: Any, **kwargs: Any) -> Any:
@@ -66,13 +68,18 @@ __all__ = [
     "load_npz",
     "log_weights",
     "null_model",
+    "read_gexf",
     "read_graphml",
+    "read_neuronpedia_json",
     "resolution_sweep",
     "resolve_epsilon",
     "save_npz",
     "shuffle_edges",
     "stability",
     "to_node_link",
+    "write_gexf",
     "write_graphml",
+    "write_html",
     "write_json",
+    "write_neuronpedia_json",
 ]

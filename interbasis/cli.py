@@ -4,11 +4,17 @@ Subcommands::
 
     interbasis demo  [--out DIR]                      the README demo on the shipped checkpoint
     interbasis graph CHECKPOINT --layers ... [--data train|test|all|FILE.pt] --out DIR
+    interbasis view  GRAPH_FILE [--out graph.html]    the interactive viewer of a graph file
     interbasis train ...                              the training harness (experiments.train)
     interbasis atlas CHECKPOINT_OR_RUN_DIR --out DIR  graph ↔ Hessian ↔ D_LR ↔ spectral edge
 
-``graph`` and ``demo`` write ``graph.graphml``, ``graph.npz``, ``graph.png`` and
-``summary.json`` (node counts, edge sparsity, modules, timings) to the output directory.
+``graph`` and ``demo`` write ``graph.graphml``, ``graph.npz``, ``graph.png``, ``graph.html``
+(the viewer), ``summary.json`` (node counts, edge sparsity, modules, timings) and
+``config.yaml`` to the output directory. Every command takes ``--config FILE.yaml`` holding any
+of its options (keys = option names, ``-`` or ``_``); flags on the command line override it.
+Each run writes its fully resolved options as ``config.yaml`` beside its outputs (``view``:
+``{html stem}.config.yaml``), so ``interbasis graph --config DIR/config.yaml`` reruns a run.
+The output directory is created only once there is something to write.
 Commands import ``experiments`` lazily, to load checkpoints and build their data.
 """
 
@@ -16,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -25,12 +33,14 @@ from typing import Any
 RIB_LAYERS = ["blocks.0.ln1", "blocks.0.ln2", "unembed", "output"]
 
 
-def _out_dir(path: str) -> Path:
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise SystemExit(f"error: cannot create output directory {out}: {err.strerror}") from err
+def _check_out(path: str) -> Path:
+    """Fail early, creating nothing, when ``path`` cannot become an output directory."""
+    out = Path(path).absolute()
+    first = next(p for p in (out, *out.parents) if p.exists())
+    if not first.is_dir():
+        raise SystemExit(f"error: cannot create output directory {out}: {first} is not a directory")
+    if not os.access(first, os.W_OK):
+        raise SystemExit(f"error: cannot create output directory {out}: {first} is not writable")
     return out
 
 
@@ -63,15 +73,20 @@ def run_graph(
     modules: bool = True,
     batch_size: int | None = None,
     progress: bool = True,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Build, cluster, export and draw one graph; returns the summary written to JSON."""
+    """Build, cluster, export and draw one graph; returns the summary written to JSON.
+
+    ``out`` is created only after the graph is built; if writing fails, a directory this call
+    created is removed again. ``config`` (the resolved options) is written as ``config.yaml``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import torch
 
     from experiments.checkpoint_io import load_checkpoint
-    from graphs import draw_graph, find_modules, write_graphml
+    from graphs import draw_graph, find_modules, write_graphml, write_html
     from interbasis import build_graph
 
     t0 = time.time()
@@ -98,12 +113,22 @@ def run_graph(
         partition = find_modules(graph, method="leiden", seed=0)
         graph = graph.with_modules(partition)
         summary["modules"] = {"sizes": partition.sizes, "cost": partition.cost}
-    graph.save(out / "graph.npz")
-    write_graphml(graph, out / "graph.graphml")
-    ax = draw_graph(graph)
-    ax.figure.savefig(out / "graph.png", dpi=130, bbox_inches="tight")
-    summary["seconds_total"] = round(time.time() - t0, 2)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        graph.save(out / "graph.npz")
+        write_graphml(graph, out / "graph.graphml")
+        write_html(graph, out / "graph.html", title=f"interaction graph of {Path(checkpoint).name}")
+        ax = draw_graph(graph)
+        ax.figure.savefig(out / "graph.png", dpi=130, bbox_inches="tight")
+        if config is not None:
+            _write_config(out / "config.yaml", config, "graph")
+        summary["seconds_total"] = round(time.time() - t0, 2)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return summary
 
 
@@ -114,102 +139,282 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     if "modules" in summary:
         print(f"modules (Leiden on log-weighted edges): sizes {summary['modules']['sizes']}")
     print(f"built in {summary['seconds_build']} s, total {summary['seconds_total']} s")
-    for name in ("graph.graphml", "graph.npz", "graph.png", "summary.json"):
+    names = ("graph.graphml", "graph.npz", "graph.png", "graph.html", "summary.json")
+    for name in (*names, "config.yaml"):
         print(f"wrote {out / name}")
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from experiments.checkpoint_io import RIB_MODADD_CHECKPOINT
+# ------------------------------------------------------------------------- config files
+def _read_config(path: str) -> dict[str, Any]:
+    import yaml
 
-    out = _out_dir(args.out)
-    print(
-        "interbasis demo: 1-layer transformer trained on (a + b) mod 113 (rib's checkpoint), "
-        f"{len(RIB_LAYERS) - 1} sections {RIB_LAYERS}, rib's train split, float64"
-    )
-    summary = run_graph(
-        str(RIB_MODADD_CHECKPOINT), RIB_LAYERS, "train", out, progress=not args.quiet
-    )
-    _print_summary(summary, out)
-    return 0
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        cfg = yaml.safe_load(text)
+    except OSError as err:
+        raise SystemExit(f"error: cannot read --config {path}: {err.strerror or err}") from err
+    except yaml.YAMLError as err:
+        raise SystemExit(f"error: --config {path} is not valid YAML: {err}") from err
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, dict):
+        raise SystemExit(f"error: --config {path} must hold a mapping of option: value")
+    return {str(k).replace("-", "_"): v for k, v in cfg.items()}
 
 
-def _cmd_graph(args: argparse.Namespace) -> int:
-    out = _out_dir(args.out)
+def _check_keys(cfg: dict[str, Any], known: Sequence[str], command: str, path: str) -> None:
+    for key in cfg:
+        if key not in known:
+            raise SystemExit(
+                f"error: unknown key {key!r} in --config {path} for 'interbasis {command}' "
+                f"(known keys: {', '.join(sorted(known))})"
+            )
+
+
+def _write_config(path: Path, config: dict[str, Any], command: str) -> None:
+    import yaml
+
+    from graphs.export import atomic_write
+
+    text = (
+        f"# resolved options of `interbasis {command}`; rerun with "
+        f"`interbasis {command} --config {path.name}` (command-line flags override)\n"
+        + yaml.safe_dump(config, sort_keys=False)
+    ).encode("utf-8")
+    atomic_write(path, lambda handle: handle.write(text))
+
+
+def _apply_config(sub: argparse.ArgumentParser, argv: list[str], command: str) -> Any:
+    """Parse ``argv`` with the options of ``--config`` as defaults (the command line wins)."""
+    args = sub.parse_args(argv)
+    if args.config is None:
+        return args
+    cfg = _read_config(args.config)
+    actions = {a.dest: a for a in sub._actions if a.dest not in ("help", "config")}
+    _check_keys(cfg, list(actions), command, args.config)
+    for key, value in cfg.items():
+        action, bad = actions[key], None
+        if isinstance(action, argparse._StoreTrueAction):
+            bad = None if isinstance(value, bool) else "true or false"
+        elif action.nargs in ("+", "*"):
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+            bad = None if ok else "a list of strings"
+        elif value is not None and action.type is not None:
+            try:
+                action.type(value)  # type: ignore[operator]
+            except (TypeError, ValueError):
+                bad = f"of type {getattr(action.type, '__name__', action.type)}"
+        if bad is None and action.choices is not None and value not in action.choices:
+            bad = f"one of {list(action.choices)}"
+        if bad:
+            raise SystemExit(f"error: --config {args.config}: {key!r} must be {bad}, got {value!r}")
+    sub.set_defaults(**cfg)
+    return sub.parse_args(argv)
+
+
+def _resolved(args: argparse.Namespace, paths: Sequence[str]) -> dict[str, Any]:
+    """The options of a run, paths made absolute so the file reruns from anywhere."""
+    out = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    for key in paths:
+        if out.get(key) is not None and (key != "data" or Path(out[key]).is_file()):
+            out[key] = str(Path(out[key]).absolute())
+    return out
+
+
+def _require(args: argparse.Namespace, sub: argparse.ArgumentParser, *keys: str) -> None:
+    for key in keys:
+        if getattr(args, key) in (None, []):
+            sub.error(f"{key} is required (on the command line or as {key!r} in --config)")
+
+
+# ------------------------------------------------------------------------- commands
+def _cmd_graph(args: argparse.Namespace, sub: argparse.ArgumentParser, demo: bool) -> int:
+    if demo:
+        from experiments.checkpoint_io import RIB_MODADD_CHECKPOINT
+
+        args.checkpoint = args.checkpoint or str(RIB_MODADD_CHECKPOINT)
+        args.layers = args.layers or list(RIB_LAYERS)
+        print(
+            "interbasis demo: 1-layer transformer trained on (a + b) mod 113 (rib's "
+            f"checkpoint), {len(args.layers) - 1} sections {args.layers}, {args.data} split, "
+            "float64"
+        )
+    _require(args, sub, "checkpoint", "layers", "out")
+    out = _check_out(args.out)
+    config = _resolved(args, ("checkpoint", "data", "out"))
     summary = run_graph(
         args.checkpoint, args.layers, args.data, out, basis=args.basis, edges=args.edges,
         modules=not args.no_modules, batch_size=args.batch_size, progress=not args.quiet,
+        config=config,
     )  # fmt: skip
     _print_summary(summary, out)
     return 0
 
 
-def _cmd_train(rest: Sequence[str]) -> int:
-    from experiments.train import main as train_main
+def _cmd_view(args: argparse.Namespace, sub: argparse.ArgumentParser) -> int:
+    from graphs.viewer import read_graph_file, write_html
 
-    return int(train_main(list(rest)) or 0)
+    _require(args, sub, "graph_file")
+    if not Path(args.graph_file).is_file():
+        raise SystemExit(f"error: graph file {args.graph_file} not found")
+    out = Path(args.out or Path(args.graph_file).with_suffix(".html")).absolute()
+    args.out = str(out)
+    _check_out(str(out.parent))
+    graph = read_graph_file(args.graph_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_html(graph, out, title=args.title, fraction=args.fraction)
+    config_path = out.with_name(f"{out.stem}.config.yaml")
+    _write_config(config_path, _resolved(args, ("graph_file", "out")), "view")
+    print(f"wrote {out} ({graph.n_nodes} nodes) and {config_path}")
+    return 0
 
 
-def _cmd_atlas(rest: Sequence[str]) -> int:
-    from interbasis.links.cli import atlas_command
+def _delegate(command: str, argv: list[str]) -> int:
+    """``train`` / ``atlas``: YAML -> flags placed before the user's flags (last one wins)."""
+    cfg_path, rest = None, []
+    it = iter(argv)
+    for a in it:
+        if a == "--config":
+            cfg_path = next(it, None)
+            if cfg_path is None:
+                raise SystemExit("error: --config needs a FILE.yaml")
+        elif a.startswith("--config="):
+            cfg_path = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    sub = _delegate_parser(command)
+    cfg = _read_config(cfg_path) if cfg_path else {}
+    actions = {a.dest: a for a in sub._actions if a.dest != "help"}
+    _check_keys(cfg, list(actions), command, str(cfg_path))
+    flags: list[str] = []
+    for key, value in cfg.items():
+        action = actions[key]
+        if not action.option_strings:  # the positional target
+            if sub.parse_known_args(rest)[0].target is None:
+                flags.append(str(value))
+            continue
+        flag = action.option_strings[0]
+        if isinstance(action, argparse._StoreTrueAction) or action.const is True:
+            flags += [flag] if value is True else [flag, str(value)] if value else []
+        elif isinstance(value, list | tuple):
+            joined = [",".join(str(v) for v in value)] if command == "train" else map(str, value)
+            flags += [flag, *joined]
+        elif value is not None or command == "train":
+            flags += [flag, "none" if value is None else str(value).lower() if
+                      isinstance(value, bool) else str(value)]  # fmt: skip
+    full = flags + rest
+    if command == "train":
+        from experiments.train import main as train_main
 
-    return atlas_command(list(rest))
+        code = int(train_main(full) or 0)
+    else:
+        from interbasis.links.cli import atlas_command
+
+        code = atlas_command(full)
+    resolved = _resolved(sub.parse_known_args(full)[0], ("out", "target"))
+    out = Path(resolved["out"]) if resolved.get("out") else None
+    if code == 0 and out is not None and out.is_dir():
+        if command == "train" and (out / "run.json").is_file():
+            run_cfg = json.loads((out / "run.json").read_text())["config"]
+            resolved = {"out": resolved["out"], "no_progress": not run_cfg.pop("progress", True),
+                        **run_cfg}  # fmt: skip
+        _write_config(out / "config.yaml", resolved, command)
+    return code
+
+
+def _delegate_parser(command: str) -> argparse.ArgumentParser:
+    """The options of ``experiments.train.main`` (values as text) or of ``interbasis atlas``,
+    with nothing required (the config may supply it), for --config keys and config.yaml."""
+    from dataclasses import fields
+
+    if command == "atlas":
+        from interbasis.links.cli import _parser
+
+        p = _parser()
+        for action in p._actions:
+            action.required = False
+            action.nargs = "?" if action.dest == "target" else action.nargs
+        return p
+    from experiments.train import TrainConfig
+
+    p = argparse.ArgumentParser(prog="interbasis train", add_help=False)
+    p.add_argument("--out")
+    p.add_argument("--resume", nargs="?", const=True, default=False)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    for f in fields(TrainConfig):
+        if f.name != "progress":
+            p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None)
+    return p
+
+
+def _subparsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    p = argparse.ArgumentParser(prog="interbasis", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    config_help = "YAML file of options (keys = option names); flags override it"
+    subs = {}
+    for name, text in (
+        ("demo", "interaction graph of the shipped mod-add checkpoint (options as graph)"),
+        ("graph", "interaction graph of a checkpoint"),
+    ):
+        demo = name == "demo"
+        g = subs[name] = sub.add_parser(name, help=text)
+        g.add_argument("checkpoint", nargs="?", default=None, help="TransformerLens state dict "
+                       "(config.yaml beside it), training checkpoint step_*.pt or run directory"
+                       + (" (default: the shipped rib checkpoint)" if demo else ""))  # fmt: skip
+        g.add_argument("--layers", nargs="+", default=None, help="node layers (module names, "
+                       'then optionally "output"), in forward order'
+                       + (f" (default {RIB_LAYERS})" if demo else ""))  # fmt: skip
+        g.add_argument("--data", default="train", help="train, test, all (the checkpoint's task) "
+                       "or a file holding a tensor of model inputs (default train)")  # fmt: skip
+        out_help = "output directory" + (" (default demo_out)" if demo else "")
+        g.add_argument("--out", default="demo_out" if demo else None, help=out_help)
+        g.add_argument("--basis", default="interaction", choices=["interaction", "pca", "neuron"])
+        g.add_argument("--edges", default="squared", choices=["squared", "functional", "weight"])
+        g.add_argument("--batch-size", type=int, default=None)
+        g.add_argument("--no-modules", action="store_true", help="skip the module search")
+        g.add_argument("--quiet", action="store_true", help="no progress bars")
+        g.add_argument("--config", default=None, help=config_help)
+    view = subs["view"] = sub.add_parser("view", help="interactive HTML viewer of a graph file")
+    view.add_argument(
+        "graph_file", nargs="?", default=None, help="a .npz/.graphml/.gexf/.json graph file"
+    )
+    view.add_argument("--out", default=None, help="HTML file (default: GRAPH_FILE with .html)")
+    view.add_argument("--title", default=None, help="page title")
+    view.add_argument("--fraction", type=float, default=1.0, help="initial edge-weight share")
+    view.add_argument("--config", default=None, help=config_help)
+    for name, text in (
+        ("train", "train a model (see `interbasis train --help`; --config FILE.yaml)"),
+        ("atlas", "HTML + JSON report linking graph, Hessian, D_LR and spectral edge "
+         "(see `interbasis atlas --help`; --config FILE.yaml)"),
+    ):  # fmt: skip
+        sub.add_parser(name, help=text, add_help=False)
+    return p, subs
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="interbasis", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="interaction graph of the shipped mod-add checkpoint")
-    demo.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
-    graph = sub.add_parser("graph", help="interaction graph of a checkpoint")
-    graph.add_argument(
-        "checkpoint",
-        help="TransformerLens state dict (config.yaml beside it), training checkpoint "
-        "step_*.pt or run directory",
-    )
-    graph.add_argument(
-        "--layers",
-        nargs="+",
-        required=True,
-        help='node layers (module names, then optionally "output"), in forward order',
-    )
-    graph.add_argument(
-        "--data",
-        default="train",
-        help="train, test, all (the checkpoint's task) or a file holding a tensor of model "
-        "inputs (default train)",
-    )
-    graph.add_argument("--out", required=True, help="output directory")
-    graph.add_argument("--basis", default="interaction", choices=["interaction", "pca", "neuron"])
-    graph.add_argument("--edges", default="squared", choices=["squared", "functional", "weight"])
-    graph.add_argument("--batch-size", type=int, default=None)
-    graph.add_argument("--no-modules", action="store_true", help="skip the module search")
-    graph.add_argument("--quiet", action="store_true", help="no progress bars")
-    sub.add_parser("train", help="train a model (see `interbasis train --help`)", add_help=False)
-    sub.add_parser(
-        "atlas",
-        help="HTML + JSON report linking graph, Hessian, D_LR and spectral edge "
-        "(see `interbasis atlas --help`)",
-        add_help=False,
-    )
-    return p
+    return _subparsers()[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
-        return _cmd_train(argv[1:])
+        return _delegate("train", argv[1:])
     from interbasis.performance import tune_allocator
 
     tune_allocator()  # graph commands: reuse freed Jacobian chunks instead of page-faulting
     if argv[:1] == ["atlas"]:
-        return _cmd_atlas(argv[1:])
-    args = parser().parse_args(argv)
+        return _delegate("atlas", argv[1:])
+    top, subs = _subparsers()
+    command = top.parse_args(argv[:1] if argv[:1] and argv[0] in subs else argv).command
+    args = _apply_config(subs[command], argv[1:], command)
     from graphs import GraphError
     from interbasis.errors import InterbasisError
 
     try:
-        return _cmd_demo(args) if args.command == "demo" else _cmd_graph(args)
+        if command == "view":
+            return _cmd_view(args, subs[command])
+        return _cmd_graph(args, subs[command], demo=command == "demo")
     except (InterbasisError, GraphError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

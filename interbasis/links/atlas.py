@@ -27,7 +27,15 @@ from torch import nn
 
 from interbasis.curvature import ParamLayout
 from interbasis.links.jvp import Layout
-from interbasis.links.report import check_writable, image, kv_table, page, table, write_files
+from interbasis.links.report import (
+    check_writable,
+    image,
+    kv_table,
+    page,
+    table,
+    viewer_page,
+    write_files,
+)
 from interbasis.links.sections import (
     AtlasData,
     AtlasSettings,
@@ -53,6 +61,7 @@ def _figures(report: dict[str, Any], s: ModelSummary, n_dir: int) -> dict[str, b
     )
 
     figures = {"graph": figure_png(draw_graph(s.graph.with_modules(s.partition)).figure)}
+    figures["graph_viewer"] = viewer_page(s.graph.with_modules(s.partition))
     for key, block in (
         ("hessian", report["hessian"]["full"]),
         ("block", report["hessian"]["block"]),

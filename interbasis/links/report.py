@@ -1,7 +1,8 @@
 """The atlas as files: a self-contained HTML page and a JSON of every number it shows.
 
 The HTML is rendered from the report dictionary alone (every number on the page is a value
-of the JSON, formatted with 4 significant digits), with figures embedded as base64 PNG.
+of the JSON, formatted with 4 significant digits), with figures embedded as base64 PNG and
+the graph's interactive viewer (:mod:`graphs.viewer`) embedded as an ``<iframe srcdoc>``.
 Both files are written all-or-nothing: the report directory is created and probed before
 any work (:func:`check_writable`), both files are first written to temporary files in the
 directory and only then moved into place; any failure removes what was written.
@@ -70,11 +71,36 @@ def kv_table(mapping: Mapping[str, Any]) -> str:
 
 
 def image(figures: Mapping[str, bytes], name: str, alt: str) -> str:
-    """An ``<img>`` with the PNG ``figures[name]`` embedded (empty if there is none)."""
-    if name not in figures:
-        return ""
-    data = base64.b64encode(figures[name]).decode("ascii")
-    return f"<p><img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'></p>"
+    """An ``<img>`` with the PNG ``figures[name]`` embedded (empty if there is none), followed
+    by the interactive viewer when ``figures[name + "_viewer"]`` holds one (:func:`viewer_page`).
+    """
+    out = ""
+    if name in figures:
+        data = base64.b64encode(figures[name]).decode("ascii")
+        out = f"<p><img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'></p>"
+    if f"{name}_viewer" in figures:
+        out += viewer_iframe(figures[f"{name}_viewer"], f"interactive view: {alt}")
+    return out
+
+
+def viewer_page(
+    graph: Any, partition: Any = None, labels: Mapping[str, Any] | None = None
+) -> bytes:
+    """The :mod:`graphs.viewer` page of ``graph`` (UTF-8), to store as ``figures["graph_viewer"]``
+    so that :func:`image` embeds it below the graph's PNG."""
+    from graphs.viewer import render_html
+
+    return render_html(graph, partition, labels, title="interaction graph").encode("utf-8")
+
+
+def viewer_iframe(page_html: bytes, title: str, height: int = 640) -> str:
+    """An ``<iframe srcdoc>`` holding a self-contained viewer page (works offline, from disk)."""
+    doc = html.escape(page_html.decode("utf-8"), quote=True)
+    return (
+        f"<p class='note'>Interactive graph: hover or click a node; the slider prunes edges.</p>"
+        f"<iframe class='viewer' title='{html.escape(title, quote=True)}' srcdoc=\"{doc}\" "
+        f"style='width:100%;height:{height}px;border:1px solid #ccc'></iframe>"
+    )
 
 
 def page(title: str, sections: Sequence[tuple[str, str]]) -> str:
