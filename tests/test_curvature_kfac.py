@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from interbasis.curvature import (
+    KroneckerFactors,
     ParamLayout,
     block_indices,
     ggn_matrix,
@@ -100,6 +101,23 @@ def test_factors_and_error_match_brute_force_on_many_samples() -> None:
     assert 0.0 <= report.overlap <= 1.0 + 1e-12
     hess = kfac_check(model, F.mse_loss, (x, y), layers=["2"], reference="hessian")["2"]
     assert hess.reference == "hessian" and hess.relative_error > 1e-3
+
+
+def test_matrix_of_non_contiguous_factors() -> None:
+    # einsum returns a transposed view when opt_einsum is installed; torch.kron then raised
+    # "view size is not compatible". Entry (i*in + j, i'*in + j') must be K[i, i'] G[j, j'].
+    g = torch.Generator().manual_seed(3)
+    K = torch.randn(4, 3, generator=g, dtype=torch.float64).T  # (3, 4), non-contiguous
+    G = torch.randn(5, 2, generator=g, dtype=torch.float64).T  # (2, 5), non-contiguous
+    assert not K.is_contiguous() and not G.is_contiguous()
+    M = KroneckerFactors("x", G=G, K=K, has_bias=False).matrix()
+    assert M.shape == (3 * 2, 4 * 5)
+    for i in range(3):
+        for ip in range(4):
+            for j in range(2):
+                for jp in range(5):
+                    assert M[i * 2 + j, ip * 5 + jp] == K[i, ip] * G[j, jp]
+    torch.testing.assert_close(M, torch.kron(K.contiguous(), G.contiguous()), rtol=0, atol=0)
 
 
 def test_bad_input() -> None:

@@ -73,7 +73,16 @@ def test_hutchinson_estimates_hessian_traces_within_standard_errors() -> None:
     assert abs(est.trace_sq - float((H**2).sum())) < 4 * est.trace_sq_stderr
     assert est.block_traces["0"] + est.block_traces["2"] == pytest.approx(est.trace, rel=1e-12)
     exact_sum_diag_sq = float((H.diagonal() ** 2).sum())
-    assert est.sum_diag_sq == pytest.approx(exact_sum_diag_sq, rel=0.15)
+    # seeded, so deterministic: this seed's error is 0.59 % (over seeds 1..10 the estimator
+    # spreads by 7.6 %, so 1 % pins this run rather than bounding the estimator)
+    assert est.sum_diag_sq == pytest.approx(exact_sum_diag_sq, rel=0.01)
+    # the same U-statistic from the dense H and the same probes (Z from default_rng(seed)):
+    # sum_i sum_{s != t} d_si d_ti / (m (m - 1)), d_si = z_si (H z_s)_i, E = sum_i H_ii^2
+    Z = np.random.default_rng(0).choice(np.array([-1.0, 1.0]), size=(H.shape[0], 400))
+    D = Z * (H.numpy() @ Z)
+    pairs = (D.sum(axis=1) ** 2 - (D**2).sum(axis=1)) / (400 * 399)
+    assert est.sum_diag_sq == pytest.approx(float(pairs.sum()), rel=1e-10)
+    np.testing.assert_allclose(est.diagonal.numpy(), D.mean(axis=1), rtol=1e-10, atol=1e-13)
     with pytest.raises(DataError, match="n_samples"):
         hutchinson(op, n_samples=1)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -100,6 +102,16 @@ def test_positions_are_concatenated_and_constant_features_give_nan() -> None:
     assert res.module_layers[(0, "inner")] == pytest.approx(
         d_lr(x[:, :, 0], layer_activations(net2, x, [])["output"]), rel=1e-10
     )
+    # neuron 0 constant at both positions: its module's D_LR is NaN (CKA undefined), the
+    # other module's is still the closed form, and the layer as a whole stays finite
+    x_const = x.clone()
+    x_const[:, :, 0] = 0.5
+    neuron = ib.build_bases(net2, x_const, ["inner", "output"], basis="neuron", progress=False)
+    res = graph_dlr(net2, x_const, neuron, {"inner:1": 0, "inner:2": 1})
+    assert math.isnan(res.modules[0]) and math.isnan(res.module_layers[(0, "inner")])
+    F_const = layer_activations(net2, x_const, [])["output"]
+    assert res.modules[1] == pytest.approx(d_lr(x_const[:, :, 1], F_const), rel=1e-10)
+    assert math.isfinite(res.layers["inner"]) and res.module_sizes == {0: 2, 1: 2}
 
 
 def test_bad_input(net_and_data) -> None:

@@ -125,4 +125,34 @@ def test_bad_input() -> None:
     with pytest.raises(DataError, match="P <= max_dense=2000"):
         behavioural_null_space(big.double(), x)
     assert ParamLayout.from_model(net).size == 32
-    assert np.isfinite(attribute_null_directions(torch.ones(32), mech).union).all()
+
+
+def test_attribution_shares_match_least_squares_projections() -> None:
+    """Shares are ``||P v||^2 / ||v||^2``, checked against a least-squares projection onto the
+    raw (non-orthonormalised) mechanism directions, and 1 / 0 inside / outside the span."""
+    net, x = _hand_built()
+    mech = mechanism_directions(net, x)
+    g = torch.Generator().manual_seed(5)
+    V = torch.randn(32, 3, generator=g, dtype=torch.float64)
+    V[:, 1] = mech.span()[:, :4] @ torch.randn(4, generator=g, dtype=torch.float64)  # inside
+    res = attribute_null_directions(V, mech)
+    assert res.shares.shape == (3, len(res.mechanisms)) and res.union.shape == (3,)
+
+    def projected_share(D: torch.Tensor, v: torch.Tensor) -> float:
+        coef = torch.linalg.lstsq(D, v[:, None], driver="gelsd").solution
+        return float(((D @ coef).squeeze(1) ** 2).sum() / (v**2).sum())
+
+    everything = torch.cat(list(mech.directions.values()), dim=1)
+    for j in range(3):
+        assert res.union[j] == pytest.approx(projected_share(everything, V[:, j]), abs=1e-9)
+        for m, name in enumerate(res.mechanisms):
+            want = projected_share(mech.directions[name], V[:, j])
+            assert res.shares[j, m] == pytest.approx(want, abs=1e-9)
+    assert res.union[1] == pytest.approx(1.0, abs=1e-12)
+    assert 0.0 < res.union[0] < 1.0  # a random vector in R^32 is not in a 16-dim span
+    # orthogonal to every mechanism: no share anywhere
+    Q = mech.span()
+    w = V[:, 2] - Q @ (Q.T @ V[:, 2])
+    outside = attribute_null_directions(w, mech)
+    assert outside.union[0] == pytest.approx(0.0, abs=1e-12)
+    np.testing.assert_allclose(outside.shares, 0.0, atol=1e-12)

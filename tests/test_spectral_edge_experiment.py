@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from experiments.spectral_edge_modes import main
+from experiments.spectral_edge_report import N_EDGE
 
 
 def test_quick_run_tracks_and_writes_table(tmp_path: Path) -> None:
@@ -50,4 +53,13 @@ def test_quick_multitask_run_measures_each_op(tmp_path: Path) -> None:
     for row in ("| multitask/add | final | F sum |", "| multitask/mul | final | dlog gain"):
         assert row in table
     assert "| x2y2 | final | F prod |" in table
-    assert "Multitask amplification (seed: 2.3×)" in table
+    # the amplification figure is the ratio of the two runs' edge F_sum, recomputed here
+    single = json.loads((out / "x2y2_s0" / "analysis.json").read_text())
+    edge = {
+        name: np.mean(r["windows"]["final"]["ops"]["x2y2"]["F"]["sum"][:N_EDGE])
+        for name, r in (("single", single), ("multi", run))
+    }
+    found = re.search(r"Multitask amplification \(seed: 2\.3×\):.* = ([0-9.]+) \(final", table)
+    assert found, table
+    assert float(found.group(1)) == pytest.approx(edge["multi"] / edge["single"], abs=0.005)
+    assert 0 < edge["single"] <= 1 and 0 < edge["multi"] <= 1

@@ -47,8 +47,16 @@ class KroneckerFactors:
     has_bias: bool
 
     def matrix(self) -> torch.Tensor:
-        """``K ⊗ G``, shape ``(out*(in+1), out*(in+1))`` (``in`` without a bias)."""
-        return torch.kron(self.K, self.G)
+        """``K ⊗ G``, shape ``(out*(in+1), out*(in+1))`` (``in`` without a bias).
+
+        The product is ``(K[:, None, :, None] * G[None, :, None, :])`` flattened to
+        ``(out*in, out*in)``; it is formed with ``reshape`` rather than ``torch.kron``, which
+        fails ("view size is not compatible") on non-contiguous factors such as the result of
+        ``torch.einsum`` when ``opt_einsum`` is installed.
+        """
+        k, g = self.K, self.G
+        prod = k[:, None, :, None] * g[None, :, None, :]
+        return prod.reshape(k.shape[0] * g.shape[0], k.shape[1] * g.shape[1])
 
     def top_eigenpairs(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-``k`` eigenvalues (k,) and eigenvectors (dim, k) of ``K ⊗ G`` from the factors."""
@@ -156,7 +164,8 @@ def kfac_factors(
                 a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype)], dim=1)
             a = a.to(torch.float64)
             g = a.T @ a / a.shape[0]
-            k = torch.einsum("kxi,kxl,lxj->ij", Jp[n], Lam, Jp[n]).to(torch.float64)
+            # contiguous: with opt_einsum installed, einsum may return a transposed view
+            k = torch.einsum("kxi,kxl,lxj->ij", Jp[n], Lam, Jp[n]).to(torch.float64).contiguous()
             G[n] = G[n] + w * g if n in G else w * g
             K[n] = K[n] + w * k if n in K else w * k
     return {n: KroneckerFactors(n, G[n], K[n], bias[n]) for n in names}

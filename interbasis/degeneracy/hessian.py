@@ -77,11 +77,13 @@ class HessianNullity:
 
     @property
     def largest_zero(self) -> float:
+        """The largest ``|lambda|`` counted as zero (``nan`` if none was computed)."""
         small = self.eigenvalues.abs()[self.eigenvalues.abs() <= self.threshold]
         return float(small.max()) if small.numel() else float("nan")
 
     @property
     def smallest_nonzero(self) -> float:
+        """The smallest ``|lambda|`` above the threshold (``nan`` if there is none)."""
         big = self.eigenvalues.abs()[self.eigenvalues.abs() > self.threshold]
         return float(big.min()) if big.numel() else float("nan")
 

@@ -13,10 +13,11 @@ import torch
 
 from interbasis.errors import DataError, NonFiniteError, ShapeError
 
-#: Default relative tolerance: an eigenvalue below ``RTOL`` times the largest counts as zero.
-#: Exact rank drops sit at float64 round-off (~1e-16 relative); genuine directions of the
-#: small networks we analyse are above ~1e-7, so 1e-9 separates the two with margin.
 RTOL = 1e-9
+"""Default relative tolerance: an eigenvalue below ``RTOL`` times the largest counts as zero.
+
+Exact rank drops sit at float64 round-off (~1e-16 relative); genuine directions of the small
+networks we analyse are above ~1e-7, so 1e-9 separates the two with margin."""
 
 
 def check_rtol(rtol: float) -> float:

@@ -109,6 +109,8 @@ class RichnessTracker(Callback):
     baselines
         Also record S_init, ||θ||², NC1 (ridge ``nc1_ridge``) and Tr(Σ_W).
 
+    Notes
+    -----
     Each history entry is a flat dict: ``step``, ``param_norm_sq`` and per set ``name/d_lr``
     (appendix E.1 form), ``name/d_lr_projection`` (Definition 1 form), ``name/s_init``,
     ``name/nc1``, ``name/tr_sigma_w``. ``state_dict`` holds the history and the features at

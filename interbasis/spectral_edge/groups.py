@@ -28,6 +28,8 @@ from interbasis.errors import DataError, ShapeError
 
 Grouping = Literal["sum", "diff", "prod", "dlog"]
 GROUPINGS: tuple[str, ...] = ("sum", "diff", "prod", "dlog")
+"""The groupings of the input pairs ``(a, b)``: by ``a + b``, ``a - b``, ``a · b`` (mod p) and
+by the discrete logarithm (``dlog``, the a·b grouping on the log grid)."""
 
 
 def is_prime(p: int) -> bool:

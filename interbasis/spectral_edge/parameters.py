@@ -28,8 +28,9 @@ __all__ = [
     "unflatten",
 ]
 
-#: Default filter (seed 003): the attention weights W_Q, W_K, W_V, W_O of every block.
 ATTENTION_WEIGHTS = r"(^|\.)attn\.W_[QKVO]$"
+"""Default parameter filter (seed 003): the attention weights W_Q, W_K, W_V, W_O of every block
+(a regular expression matched against parameter names)."""
 
 ParamFilter = str | Sequence[str] | Callable[[str, torch.nn.Parameter], bool]
 

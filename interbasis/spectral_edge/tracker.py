@@ -151,6 +151,7 @@ class SpectralEdgeTracker(Callback):
 
     # ------------------------------------------------------------------ callback hooks
     def on_train_begin(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Select the tracked parameters, read the optimizer's groups, snapshot ``θ``."""
         if self.layout is None:
             self.layout = select_parameters(model, self.params)
         check_model(self.layout, model)
@@ -180,6 +181,7 @@ class SpectralEdgeTracker(Callback):
         optimizer: torch.optim.Optimizer,
         batch: tuple[torch.Tensor, ...],
     ) -> None:
+        """Accumulate the decoupled weight-decay part ``-lr · wd · θ`` of the coming update."""
         assert self._wd_acc is not None, "on_train_begin was not called"
         with torch.no_grad():
             for p, sl, group, decoupled in self._slices:
@@ -195,6 +197,7 @@ class SpectralEdgeTracker(Callback):
         optimizer: torch.optim.Optimizer,
         batch: tuple[torch.Tensor, ...],
     ) -> None:
+        """Every ``every`` steps, push the update ``θ - θ_prev`` into the window and record."""
         assert self.layout is not None and self._snapshot is not None, (
             "on_train_begin was not called"
         )
@@ -213,6 +216,7 @@ class SpectralEdgeTracker(Callback):
             self._record(step)
 
     def on_eval(self, step: int, model: torch.nn.Module, metrics: dict[str, Any]) -> None:
+        """Note ``grok_metric``; at its first crossing of ``grok_threshold`` keep the spectrum."""
         value = metrics.get(self.grok_metric)
         if value is None:
             return
