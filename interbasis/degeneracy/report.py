@@ -85,18 +85,22 @@ class StageCounts:
 
     @property
     def g_dirs(self) -> int:
+        """Free directions from the activation Gram's nullity: ``g * out_width``."""
         return self.g * self.out_width
 
     @property
     def k_dirs(self) -> int:
+        """Free directions from the Jacobian Gram's nullity: ``kappa * in_width``."""
         return self.kappa * self.in_width
 
     @property
     def overlap(self) -> int:
+        """Directions counted by both: ``g * kappa``."""
         return self.g * self.kappa
 
     @property
     def total(self) -> int:
+        """Free directions of the stage: ``g_dirs + k_dirs - overlap + co_silent``."""
         return self.g_dirs + self.k_dirs - self.overlap + self.co_silent
 
 
