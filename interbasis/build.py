@@ -33,6 +33,7 @@ from interbasis.sources import Sources, check_keep, check_sources
 BasisKind = Literal["interaction", "pca", "neuron"]
 TrainMode = Literal["eval", "error", "keep"]
 KeepPositions = dict[str, Sequence[int]] | None
+FeatureDim = int | dict[str, int] | None
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Run:
     keep_positions: dict[str, list[int]] = field(default_factory=dict)
     sources: Sources | None = None
     mode: Mode = "auto"
+    feature_dims: dict[str, int] = field(default_factory=dict)
     grams: dict[str, GramAccumulator] = field(default_factory=dict)
     n_samples: int = 0
     #: relative standard error of tr M per node layer (stochastic sources)
@@ -80,7 +82,7 @@ class Run:
         """The :class:`Section` from node layer ``lo`` to node layer ``hi``."""
         return Section(
             self.model, self.injectable(lo), self.module(hi), self.output,
-            self.keep_positions.get(lo), self.keep_positions.get(hi),
+            self.keep_positions.get(lo), self.keep_positions.get(hi), self.feature_dims,
         )  # fmt: skip
 
     def kept(self, name: str, acts: torch.Tensor) -> torch.Tensor:
@@ -132,6 +134,23 @@ def _keep_positions(keep: Any, names: Sequence[str]) -> dict[str, list[int]]:
     return out
 
 
+def _feature_dims(feature_dim: Any, names: Sequence[str]) -> dict[str, int]:
+    if feature_dim is None:
+        return {}
+    if isinstance(feature_dim, int) and not isinstance(feature_dim, bool):
+        return {n: feature_dim for n in names if n != OUTPUT}
+    if not isinstance(feature_dim, dict):
+        raise TypeError(
+            f"feature_dim must be an int or a dict {{node_layer: int}}, got {feature_dim!r}"
+        )
+    for name, dim in feature_dim.items():
+        if name not in names:
+            raise NodeLayerError(f"feature_dim names {name!r}, which is not a node layer {names}")
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise TypeError(f"feature_dim[{name!r}] must be an int, got {dim!r}")
+    return dict(feature_dim)
+
+
 def _move(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """A copy of ``model`` on ``device`` in ``dtype`` (``.to`` called one argument at a time:
     some models, e.g. TransformerLens', do not take ``device=`` and ``dtype=`` together)."""
@@ -156,6 +175,7 @@ def prepare(
     sources: Sources | None = None,
     mode: Mode = "auto",
     train_mode: TrainMode = "eval",
+    feature_dim: FeatureDim = None,
 ) -> Run:
     """Validate inputs and return a :class:`Run` with a private copy of the model if needed.
 
@@ -224,7 +244,7 @@ def prepare(
     keep = _keep_positions(keep_positions, list(modules))
     return Run(
         model, data, modules, dtype_, target, batch_size, progress, memory_budget, output,
-        keep, sources, mode,
+        keep, sources, mode, _feature_dims(feature_dim, list(modules)),
     )  # fmt: skip
 
 
@@ -241,7 +261,7 @@ def accumulate_activation_grams(run: Run, check_cuts: bool = True) -> dict[str, 
     for b, x in enumerate(run.batches("activation Grams")):
         run.n_samples += batch_size_of(x)
         with torch.no_grad():
-            acts, layouts = capture(run.model, x, run.modules, run.output)
+            acts, layouts = capture(run.model, x, run.modules, run.output, run.feature_dims)
         for name, a in acts.items():
             a = run.kept(name, a)
             check_finite(a, "activations", name, b)
@@ -307,6 +327,7 @@ def build_bases(
     output: OutputSelector | None = None,
     keep_positions: KeepPositions = None,
     train_mode: TrainMode = "eval",
+    feature_dim: FeatureDim = None,
 ) -> list[Basis]:
     """Bases of every node layer, computed from the output layer backwards.
 
@@ -340,6 +361,9 @@ def build_bases(
         ``{"blocks.0.hook_resid_mid": [-1]}``: only the last position reaches the output).
     train_mode : ``"eval"`` (default: analyse the eval-mode function of a copy, with a
         warning), ``"error"`` (refuse a model in train mode) or ``"keep"``.
+    feature_dim : the feature axis of the node layers' inputs, an int or
+        ``{node_layer: int}`` (default: last; channels for the inputs of convolutions,
+        batch norm and pooling, whose spatial axes become positions).
 
     Returns
     -------
@@ -358,6 +382,7 @@ def build_bases(
         model, data, node_layers, dtype=dtype, device=device, batch_size=batch_size,
         progress=progress, memory_budget=memory_budget, output=output,
         keep_positions=keep_positions, sources=sources, mode=mode, train_mode=train_mode,
+        feature_dim=feature_dim,
     )  # fmt: skip
     accumulate_activation_grams(run, check_cuts=basis == "interaction")
     bases = bases_for_run(run, basis, center, fold_bias, truncation, scope, final_basis)

@@ -4,8 +4,11 @@ A *node layer* is addressed by a module name from ``model.named_modules()`` and 
 activations that flow *into* that module (DESIGN §2), or ``"output"``: the model's output.
 Captured activations keep their position dimension: shape ``(batch, d)`` or
 ``(batch, pos, d)`` (any middle dimensions are flattened into one position dimension).
-A module called with several positional tensor inputs sees them concatenated on the last
-dimension; the split is remembered so that substituted values can be split back.
+The activation of a module is its first floating-point positional input (other arguments,
+such as an attention mask, pass through unchanged), or its ``hidden_states`` keyword
+argument. Features are the last axis, except for channels-first inputs (convolutions,
+batch norm, pooling: channels are features, spatial axes positions) or a ``feature_dim``
+given per node layer.
 
 A *section* ``f^{l+1}(f^l)`` is computed by running the model with the input of module ``l``
 substituted (a forward pre-hook, :func:`run_section`) and reading the input of module ``l+1``
@@ -35,18 +38,36 @@ class _StopForward(Exception):
 
 @dataclass(frozen=True)
 class InputLayout:
-    """How a module's positional inputs map to one activation tensor.
+    """Where a module's activation tensor sits among its inputs, and how it is laid out.
 
     Attributes
     ----------
-    arg_positions : positions (in the module's ``args``) of the floating tensors used.
-    split : sizes of their last dimensions (concatenated in this order).
-    shape : shape of each input without the last dimension, e.g. ``(batch, pos)``.
+    arg_positions : position (in the module's ``args``) of the tensor read; empty when it is
+        the keyword argument ``kwarg``.
+    split : its feature width (one entry).
+    shape : its shape without the feature axis, batch first, e.g. ``(batch, pos)``.
+    feature_dim : the feature axis of the module's input (``-1``; ``1`` for channels-first
+        inputs such as those of convolutions, which are moved to the last axis).
+    kwarg : name of the keyword argument read, when the module gets no positional tensor.
     """
 
     arg_positions: tuple[int, ...]
     split: tuple[int, ...]
     shape: tuple[int, ...]
+    feature_dim: int = -1
+    kwarg: str | None = None
+
+
+#: modules whose (>= 3-d) inputs are channels-first: channels are the features, the
+#: spatial axes positions
+CHANNELS_FIRST: tuple[type[nn.Module], ...] = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+    nn.ConvTranspose3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d,
+    nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm, nn.MaxPool1d, nn.MaxPool2d,
+    nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+)  # fmt: skip
 
 
 def resolve_node_layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module | None]:
@@ -86,42 +107,77 @@ def resolve_node_layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.
     return resolved
 
 
-def model_input(batch: Any) -> torch.Tensor:
-    """The model input of one batch: the batch itself or the first element of a tuple/list."""
+def model_input(batch: Any) -> Any:
+    """The model input of one batch: the batch itself or the first element of a tuple/list.
+
+    A mapping of tensors (e.g. ``{"input_ids": ..., "attention_mask": ...}``) is a model input
+    passed as keyword arguments.
+    """
     if isinstance(batch, (tuple, list)):
         if len(batch) == 0:
             raise DataError("a batch is an empty tuple; expected (inputs, ...)")
         batch = batch[0]
+    if isinstance(batch, Mapping):
+        tensors = [v for v in batch.values() if isinstance(v, torch.Tensor)]
+        if not tensors:
+            raise DataError(f"a batch is a mapping without tensors (keys {list(batch)})")
+        sizes = {int(t.shape[0]) if t.ndim else -1 for t in tensors}
+        if len(sizes) != 1 or -1 in sizes:
+            shapes = {k: tuple(v.shape) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            raise DataError(
+                "the tensors of a batch mapping must share their first (batch) dimension; got "
+                f"shapes {shapes}"
+            )
+        return batch
     if not isinstance(batch, torch.Tensor):
         raise DataError(
-            f"each batch must be a tensor or a tuple whose first element is a tensor, got "
-            f"{type(batch).__name__}"
+            f"each batch must be a tensor, a mapping of keyword tensors, or a tuple whose first "
+            f"element is one, got {type(batch).__name__}"
         )
     return batch
 
 
-def _tensor_args(args: tuple[Any, ...]) -> tuple[list[int], list[torch.Tensor]]:
-    positions = [
-        i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.is_floating_point()
-    ]
-    return positions, [args[i] for i in positions]
+def feature_dim_of(module: nn.Module | None, ndim: int, override: int | None = None) -> int:
+    """The feature axis of a module input with ``ndim`` axes (normalised to be positive)."""
+    if override is not None:
+        dim = override if override >= 0 else ndim + override
+        if not 1 <= dim < ndim:
+            raise DataError(
+                f"feature_dim={override} is not an axis after the batch axis of a {ndim}-d input"
+            )
+        return dim
+    if isinstance(module, CHANNELS_FIRST) and ndim >= 3:
+        return 1
+    return ndim - 1
 
 
 def _layout_of(
-    name: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any] | None = None,
+    module: nn.Module | None = None,
+    feature_dim: int | None = None,
 ) -> tuple[InputLayout, torch.Tensor]:
-    """The layout of a module's positional tensor inputs and a *copy* of them, concatenated.
+    """The layout of a module's activation input and a *copy* of it, features last.
 
-    The copy keeps gradients but not storage: a model that later modifies the tensor in place
-    (``ReLU(inplace=True)``, ``h += ...``) must not change what was read.
+    The activation is the first floating-point positional tensor (other arguments, e.g. an
+    attention mask, pass through unchanged); a module called with keyword tensors only reads
+    ``hidden_states`` or else its first floating keyword tensor. The copy keeps gradients but
+    not storage: a model that later modifies the tensor in place (``ReLU(inplace=True)``,
+    ``h += ...``) must not change what was read.
     """
-    positions, tensors = _tensor_args(args)
-    if not tensors:
-        if any(isinstance(v, torch.Tensor) for v in (kwargs or {}).values()):
-            raise DataError(
-                f"module {name!r} is called with keyword tensor inputs {sorted(kwargs or {})}; "
-                "node layers read positional inputs only: choose a module called positionally"
-            )
+    positions = [
+        i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.is_floating_point()
+    ]
+    kw = {k: v for k, v in (kwargs or {}).items()
+          if isinstance(v, torch.Tensor) and v.is_floating_point()}  # fmt: skip
+    kwarg: str | None = None
+    if positions:
+        tensor = args[positions[0]]
+    elif kw:
+        kwarg = "hidden_states" if "hidden_states" in kw else next(iter(kw))
+        tensor = kw[kwarg]
+    else:
         kinds = [
             type(a).__name__ if not isinstance(a, torch.Tensor) else str(a.dtype) for a in args
         ]
@@ -129,20 +185,31 @@ def _layout_of(
             f"module {name!r} receives no floating-point tensor input (its inputs: {kinds}); "
             "it cannot be a node layer"
         )
-    lead = tensors[0].shape[:-1]
-    for t in tensors[1:]:
-        if t.shape[:-1] != lead:
-            raise DataError(
-                f"module {name!r} receives inputs of shapes {[tuple(t.shape) for t in tensors]} "
-                "that differ before the last dimension; they cannot be concatenated"
-            )
-    if len(lead) < 1:
-        raise DataError(
-            f"input of module {name!r} has no batch dimension: {tuple(tensors[0].shape)}"
-        )
-    layout = InputLayout(tuple(positions), tuple(t.shape[-1] for t in tensors), tuple(lead))
-    acts = tensors[0].clone() if len(tensors) == 1 else torch.cat(tensors, dim=-1)
-    return layout, acts
+    if tensor.ndim < 2:
+        raise DataError(f"input of module {name!r} has no batch dimension: {tuple(tensor.shape)}")
+    dim = feature_dim_of(module, tensor.ndim, feature_dim)
+    acts = tensor.movedim(dim, -1) if dim != tensor.ndim - 1 else tensor
+    fd = -1 if dim == tensor.ndim - 1 else dim
+    layout = InputLayout(tuple(positions[:1]), (acts.shape[-1],), tuple(acts.shape[:-1]), fd, kwarg)
+    return layout, acts.clone()
+
+
+def _substitute(
+    args: tuple[Any, ...], kwargs: dict[str, Any], value: torch.Tensor, layout: InputLayout
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``args``/``kwargs`` with the activation replaced by ``value`` (features last)."""
+    old = kwargs[layout.kwarg] if layout.kwarg is not None else args[layout.arg_positions[0]]
+    fd = layout.feature_dim
+    moved = old.shape if fd == -1 else old.movedim(fd, -1).shape
+    new = value.reshape(value.shape[0], *moved[1:-1], value.shape[-1])
+    if fd != -1:
+        new = new.movedim(-1, fd)
+    new = new.clone()  # so that in-place operations of the model cannot write into ``value``
+    if layout.kwarg is not None:
+        return args, {**kwargs, layout.kwarg: new}
+    new_args = list(args)
+    new_args[layout.arg_positions[0]] = new
+    return tuple(new_args), kwargs
 
 
 def as_positions(acts: torch.Tensor) -> torch.Tensor:
@@ -217,6 +284,7 @@ def capture(
     inputs: Any,
     modules: dict[str, nn.Module | None],
     output: OutputSelector | None = None,
+    feature_dims: Mapping[str, int] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, InputLayout]]:
     """Run ``model(inputs)`` once and return the input activations of the node layers.
 
@@ -227,10 +295,12 @@ def capture(
     modules : result of :func:`resolve_node_layers` (insertion order = expected forward order).
     output : selector of the analysed tensor from the model's return value
         (:func:`select_output`).
+    feature_dims : per node layer, the feature axis of its input (default: last, channels for
+        convolution / batch-norm / pooling inputs, :func:`feature_dim_of`).
 
     Returns
     -------
-    acts : name -> tensor ``(batch, [pos...], d)`` (the concatenated inputs of the module).
+    acts : name -> tensor ``(batch, [pos...], d)`` (features last).
     layouts : name -> :class:`InputLayout` (``"output"`` has a layout with one input).
 
     Raises
@@ -247,13 +317,16 @@ def capture(
     stop_early = OUTPUT not in modules
 
     def make_hook(name: str) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], None]:
-        def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             if name in acts:
                 raise NodeLayerError(
                     f"module {name!r} is called more than once in one forward pass; a node "
-                    "layer must be a module that runs exactly once"
+                    "layer must be a module that runs exactly once (e.g. TransformerLens calls "
+                    "blocks.{i}.ln1 three times, for q, k and v: use blocks.{i}.hook_resid_pre "
+                    "or blocks.{i}.ln1.hook_normalized)"
                 )
-            layouts[name], acts[name] = _layout_of(name, args, kwargs)
+            fd = (feature_dims or {}).get(name)
+            layouts[name], acts[name] = _layout_of(name, args, kwargs, module, fd)
             if acts[name].shape[0] != batch:
                 raise DataError(
                     f"the input of module {name!r} has shape {tuple(acts[name].shape)}: its "
@@ -275,8 +348,8 @@ def capture(
     try:
         out = call_model(model, inputs)
         if OUTPUT in modules:
-            acts[OUTPUT] = select_output(out, output)
-            layouts[OUTPUT] = InputLayout((0,), (out.shape[-1],), tuple(out.shape[:-1]))
+            acts[OUTPUT] = y = select_output(out, output)
+            layouts[OUTPUT] = InputLayout((0,), (y.shape[-1],), tuple(y.shape[:-1]))
             order.append(OUTPUT)
     except _StopForward:
         pass
@@ -305,6 +378,7 @@ def run_section(
     layout: InputLayout,
     read: tuple[str, nn.Module | None],
     output: OutputSelector | None = None,
+    read_feature_dim: int | None = None,
 ) -> torch.Tensor:
     """Run the model with the input of ``inject`` replaced by ``value``; return ``read``'s input.
 
@@ -312,7 +386,7 @@ def run_section(
     ----------
     inputs : model input of the batch (needed to run the forward pass up to ``inject``).
     inject : (name, module) whose input is substituted.
-    value : ``(batch, [pos...], d)`` activations in the concatenated layout ``layout``.
+    value : ``(batch, [pos...], d)`` activations (features last) in the layout ``layout``.
     read : (name, module) whose input is returned; module ``None`` means the model output
         (selected by ``output``, :func:`select_output`).
 
@@ -322,25 +396,19 @@ def run_section(
     read_name, read_module = read
     result: list[torch.Tensor] = []
 
-    def inject_hook(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        new_args = list(args)
-        pieces = torch.split(value, list(layout.split), dim=-1)
-        for pos, piece, old in zip(
-            layout.arg_positions, pieces, (args[p] for p in layout.arg_positions), strict=True
-        ):
-            # a copy, so that in-place operations of the model cannot write into ``value``
-            new_args[pos] = piece.reshape(*piece.shape[:1], *old.shape[1:-1], piece.shape[-1])
-            new_args[pos] = new_args[pos].clone()
-        return tuple(new_args)
+    def inject_hook(
+        _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return _substitute(args, kwargs, value, layout)
 
-    def read_hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
-        _, acts = _layout_of(read_name, args)
+    def read_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        _, acts = _layout_of(read_name, args, kwargs, module, read_feature_dim)
         result.append(acts)
         raise _StopForward
 
-    handles = [inject_module.register_forward_pre_hook(inject_hook)]
+    handles = [inject_module.register_forward_pre_hook(inject_hook, with_kwargs=True)]
     if read_module is not None:
-        handles.append(read_module.register_forward_pre_hook(read_hook))
+        handles.append(read_module.register_forward_pre_hook(read_hook, with_kwargs=True))
     try:
         out = call_model(model, inputs)
         result.append(select_output(out, output))

@@ -10,7 +10,7 @@ turn the targets into inputs), or a re-iterable collection of batches (a list, a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -26,6 +26,11 @@ def check_data(data: Any) -> None:
     if isinstance(data, torch.Tensor):
         if data.ndim == 0 or data.shape[0] == 0:
             raise DataError(f"data is an empty tensor of shape {tuple(data.shape)}")
+        if data.device.type == "meta":
+            raise DataError("data lies on the meta device and holds no values")
+        return
+    if isinstance(data, Mapping):  # keyword inputs of the whole dataset, split like a tensor
+        model_input(data)
         return
     if not isinstance(data, Iterable):
         raise DataError(
@@ -43,11 +48,12 @@ def iter_batches(
     batch_size: int | None,
     device: torch.device,
     dtype: torch.dtype,
-) -> Iterator[torch.Tensor]:
+) -> Iterator[Any]:
     """Yield model inputs, moved to ``device``; floating inputs are cast to ``dtype``.
 
-    A tensor is split into batches of ``batch_size`` (default 1024); batches of an iterable
-    larger than ``batch_size`` (when given) are split further.
+    A tensor (or a mapping of keyword tensors, e.g. ``input_ids`` and ``attention_mask``) is
+    split into batches of ``batch_size`` (default 1024); batches of an iterable larger than
+    ``batch_size`` (when given) are split further.
 
     Raises
     ------
@@ -55,13 +61,14 @@ def iter_batches(
         If there is no batch at all, a batch is empty, or its first element is not a tensor.
     """
     check_data(data)
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
         raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
     if isinstance(data, tuple):  # one batch (inputs, targets, ...)
         data = [data]
-    if isinstance(data, torch.Tensor):
-        size = batch_size or DEFAULT_BATCH_SIZE
-        source: Iterable[Any] = torch.split(data, size)
+    if isinstance(data, (torch.Tensor, Mapping)):  # split first, then move each batch
+        source: Iterable[Any] = _split(data, batch_size or DEFAULT_BATCH_SIZE)
         size_limit = None
     else:
         source = data
@@ -69,14 +76,46 @@ def iter_batches(
     n = 0
     for i, batch in enumerate(source):
         x = model_input(batch)
-        if x.ndim == 0 or x.shape[0] == 0:
-            raise DataError(f"batch {i} is empty (shape {tuple(x.shape)})")
-        if x.is_floating_point():
-            x = x.to(dtype)
-        x = x.to(device)
-        pieces = torch.split(x, size_limit) if size_limit else (x,)
-        for piece in pieces:
+        if _rows(x) == 0:
+            raise DataError(f"batch {i} is empty (shape {_shapes(x)})")
+        x = _to(x, device, dtype, i)
+        for piece in _split(x, size_limit) if size_limit else (x,):
             n += 1
             yield piece
     if n == 0:
         raise DataError("data holds no batches")
+
+
+def _rows(x: Any) -> int:
+    if isinstance(x, Mapping):
+        t = next(v for v in x.values() if isinstance(v, torch.Tensor))
+        return int(t.shape[0])
+    return 0 if x.ndim == 0 else int(x.shape[0])
+
+
+def _shapes(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {k: tuple(v.shape) for k, v in x.items() if isinstance(v, torch.Tensor)}
+    return tuple(x.shape)
+
+
+def _to(x: Any, device: torch.device, dtype: torch.dtype, i: int) -> Any:
+    """Floating tensors cast to ``dtype``; every tensor moved to ``device``."""
+    if isinstance(x, Mapping):
+        return {k: _to(v, device, dtype, i) if isinstance(v, torch.Tensor) else v
+                for k, v in x.items()}  # fmt: skip
+    if x.device.type == "meta":
+        raise DataError(f"batch {i} lies on the meta device and holds no values")
+    if x.is_floating_point():
+        x = x.to(dtype)
+    return x.to(device)
+
+
+def _split(x: Any, size: int) -> Iterator[Any]:
+    if isinstance(x, Mapping):
+        n = _rows(x)
+        for lo in range(0, n, size):
+            yield {k: v[lo : lo + size] if isinstance(v, torch.Tensor) else v
+                   for k, v in x.items()}  # fmt: skip
+        return
+    yield from torch.split(x, size)

@@ -16,6 +16,7 @@ from graphs import InteractionGraph, NodeLayer
 from interbasis.basis import Basis, Truncation, interaction_basis
 from interbasis.build import (
     BasisKind,
+    FeatureDim,
     KeepPositions,
     Run,
     TrainMode,
@@ -178,6 +179,7 @@ def build_graph(
     output: OutputSelector | None = None,
     keep_positions: KeepPositions = None,
     train_mode: TrainMode = "eval",
+    feature_dim: FeatureDim = None,
 ) -> InteractionGraph:
     """The interaction graph of a model on data (DESIGN §3 and §5).
 
@@ -231,6 +233,7 @@ def build_graph(
         model, data, node_layers, dtype=dtype, device=device, batch_size=batch_size,
         progress=progress, memory_budget=memory_budget, output=output,
         keep_positions=keep_positions, sources=sources, mode=mode, train_mode=train_mode,
+        feature_dim=feature_dim,
     )  # fmt: skip
     accumulate_activation_grams(run, check_cuts=True)
     names = run.names

@@ -232,12 +232,33 @@ def _affine_on_all(
     for b, x in enumerate(batches):
         value, layout = section.capture_input(x)
         with torch.no_grad():
+            if J is None and not _same_jvp_at_every_sample(section, x, value, layout):
+                return None  # nonlinear: decided by one JVP, before any Jacobian
             if J is None:
                 J = affine_jacobian(section, x, value, layout, out_map)
                 check_finite(J, f"Jacobians (towards {section.read[0]!r})", section.inject[0], b)
             if not is_affine_on(section, x, value, layout, out_map, J, seed=b):
                 return None
     return J
+
+
+def _same_jvp_at_every_sample(
+    section: Section, x: Any, value: torch.Tensor, layout: InputLayout
+) -> bool:
+    """Whether one random direction, the same at every sample, has the same JVP everywhere
+    (necessary for an affine section; with several distinct samples, a nonlinear section
+    fails it with probability one). ``True`` when forward mode is not available."""
+    if value.shape[0] < 2:
+        return True
+    g = torch.Generator(device="cpu").manual_seed(0)
+    v = torch.randn((1, *value.shape[1:]), generator=g, dtype=value.dtype).to(value.device)
+    try:
+        jv = torch.func.jvp(section.fn(x, layout), (value,), (v.expand_as(value),))[1]
+    except (NotImplementedError, RuntimeError):
+        return True
+    scale = jv.abs().amax().clamp_min(torch.finfo(jv.dtype).tiny)
+    rtol = max(AFFINE_RTOL, 1000 * torch.finfo(value.dtype).eps)
+    return bool(((jv - jv[:1]).abs() <= rtol * scale).all())
 
 
 def jacobian_gram(

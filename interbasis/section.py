@@ -84,6 +84,8 @@ class Section:
     output : selector of the model output (:func:`interbasis.capture.select_output`).
     keep_in, keep_out : positions of the two node layers that count (``None``: all;
         negative indices count from the end), e.g. ``[-1]`` for the last position.
+    feature_dims : feature axis per node layer, where not the default
+        (:func:`interbasis.capture.feature_dim_of`).
     """
 
     model: nn.Module
@@ -92,6 +94,7 @@ class Section:
     output: OutputSelector | None = None
     keep_in: Sequence[int] | None = None
     keep_out: Sequence[int] | None = None
+    feature_dims: Mapping[str, int] | None = None
     _jvp_failed: bool = field(default=False, repr=False)
     _out_shapes: dict[tuple[int, ...], tuple[int, int]] = field(default_factory=dict, repr=False)
 
@@ -102,12 +105,15 @@ class Section:
     # --- forward ---------------------------------------------------------------------------
     def capture_input(self, x: Any) -> tuple[torch.Tensor, InputLayout]:
         """The (detached) input activations of ``inject`` for model input ``x``, and layout."""
-        acts, layouts = capture(self.model, x, {self.inject[0]: self.inject[1]})
+        acts, layouts = capture(
+            self.model, x, {self.inject[0]: self.inject[1]}, feature_dims=self.feature_dims
+        )
         return acts[self.inject[0]].detach(), layouts[self.inject[0]]
 
     def run(self, x: Any, value: torch.Tensor, layout: InputLayout) -> torch.Tensor:
         """``read``'s input with ``value`` substituted at ``inject``, shape as read."""
-        return run_section(self.model, x, self.inject, value, layout, self.read, self.output)
+        fd = (self.feature_dims or {}).get(self.read[0])
+        return run_section(self.model, x, self.inject, value, layout, self.read, self.output, fd)
 
     def fn(self, x: Any, layout: InputLayout) -> Callable[[torch.Tensor], torch.Tensor]:
         """``v -> f^{read}`` as ``(batch, P_out, d_out)``; pure in ``v`` (for ``torch.func``)."""

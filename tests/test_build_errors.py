@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from nets import mlp
@@ -52,7 +54,7 @@ def test_empty_data_and_bad_batches() -> None:
         build_bases(net, torch.empty(0, 3, dtype=torch.float64), ["0", "output"], progress=False)
     with pytest.raises(DataError, match="no batches"):
         build_bases(net, [], ["0", "output"], progress=False)
-    with pytest.raises(DataError, match="first element is a tensor"):
+    with pytest.raises(DataError, match="first\\s+element is one"):
         build_bases(net, [("not a tensor", 1)], ["0", "output"], progress=False)
     with pytest.raises(DataError, match="one-shot iterator"):
         build_bases(net, (b for b in [X]), ["0", "output"], progress=False)
@@ -200,9 +202,15 @@ class _SequenceFirst(nn.Module):
         return self.inner(x.transpose(0, 1)).transpose(0, 1)
 
 
-def test_keyword_inputs_and_sequence_first_modules_are_named() -> None:
-    with pytest.raises(DataError, match="keyword tensor inputs \\['input'\\]"):
-        build_bases(_KeywordCall().eval(), X, ["inner", "output"], progress=False)
+def test_keyword_inputs_work_and_sequence_first_modules_are_named() -> None:
+    """A module called with a keyword tensor (HF style) is read and substituted there."""
+    kw = _KeywordCall().eval()
+    positional = nn.Sequential(copy.deepcopy(kw.inner)).eval()
+    got = build_bases(kw, X, ["inner", "output"], progress=False)
+    want = build_bases(positional, X, ["0", "output"], progress=False)
+    torch.testing.assert_close(
+        got[0].eigenvalues, want[0].eigenvalues, rtol=1e-12, atol=0, equal_nan=True
+    )
     x = torch.randn(8, 5, 3, dtype=torch.float64)
     with pytest.raises(DataError, match="first dimension is not the batch"):
         build_bases(_SequenceFirst().eval(), x, ["inner", "output"], progress=False)

@@ -1,0 +1,145 @@
+"""Exact vs stochastic builds of sequence transformers: time, peak memory, error, growth.
+
+The model is the scale issue's 2-layer TransformerLens-format transformer (d_model 128, 4 heads,
+d_mlp 512, ReLU, no LayerNorm; random weights, seeded), node layers ``blocks.0.ln1``,
+``blocks.1.ln1``, ``unembed``, ``output``, all positions kept until the unembed (our
+transformer reads the logits at the last position). Inputs are rib's train split of
+(a + b) mod 113 (3 positions) or, for longer contexts, seeded random token sequences.
+
+Each setting runs in its own process (one thread, float64) so that peak memory (max RSS) is
+per build. Prints one row per setting and the fitted growth exponents of time in N, P and d.
+
+    python benchmarks/bench_scale.py              # the issue's four rows, exact and S=1
+    python benchmarks/bench_scale.py --quick      # the base row only
+    python benchmarks/bench_scale.py --sweep-S    # error and time vs hidden S in {1, 4, 16, 64}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+
+LAYERS = ["blocks.0.ln1", "blocks.1.ln1", "unembed", "output"]
+ROWS = {  # name: (N, P, d_model)
+    "base": (480, 3, 128),
+    "2x data": (960, 3, 128),
+    "8 positions": (480, 8, 128),
+    "2x width": (480, 3, 256),
+}
+
+
+def build_one(
+    n: int, p: int, d: int, positions: int | None, seed: int, hidden: int | None = None
+) -> dict:
+    import torch
+
+    import interbasis as ib
+    from experiments.checkpoint_io import rib_modadd_task
+    from experiments.transformer import Transformer, TransformerConfig
+
+    torch.set_num_threads(1)
+    cfg = TransformerConfig(
+        n_layers=2, d_model=d, n_heads=4, d_head=d // 4, d_mlp=4 * d, n_ctx=max(p, 3),
+        d_vocab=114, d_vocab_out=113, act_fn="relu", seed=0,
+    )  # fmt: skip
+    model = Transformer(cfg).eval()
+    if p == 3:
+        x = rib_modadd_task().train_inputs[:n]
+    else:
+        x = torch.randint(0, 114, (n, p), generator=torch.Generator().manual_seed(0))
+    src = ib.Sources(positions=positions, hidden=hidden, seed=seed) if positions else None
+    edge_src = ib.Sources(positions=positions, seed=seed) if positions else None
+    t0 = time.perf_counter()
+    g = ib.build_graph(model, x, LAYERS, sources=src, edge_sources=edge_src, progress=False)
+    seconds = time.perf_counter() - t0
+    return {
+        "seconds": seconds,
+        "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "eigenvalues": [layer.eigenvalues.tolist() for layer in g.layers],
+        "edges": [e.tolist() for e in g.edges],
+        "rse": g.metadata["estimator"]["relative_standard_error"],
+    }
+
+
+def run(
+    n: int, p: int, d: int, positions: int | None, seed: int = 0, hidden: int | None = None
+) -> dict:
+    cmd = [sys.executable, __file__, "--one", json.dumps([n, p, d, positions, seed, hidden])]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def top_error(exact: dict, est: dict, k: int = 10) -> float:
+    """Largest relative error of the top-k Λ over the interaction-basis layers."""
+    worst = 0.0
+    for a, b in zip(exact["eigenvalues"][:2], est["eigenvalues"][:2], strict=True):
+        a, b = [v for v in a if v == v][:k], [v for v in b if v == v][:k]
+        worst = max(worst, *(abs(x - y) / abs(x) for x, y in zip(a, b, strict=False)))
+    return worst
+
+
+def edge_error(exact: dict, est: dict) -> float:
+    """Relative Frobenius error of the edges of the first section (same-size bases only)."""
+    import numpy as np
+
+    a, b = np.array(exact["edges"][0]), np.array(est["edges"][0])
+    if a.shape != b.shape:
+        return float("nan")
+    return float(np.linalg.norm(a - b) / np.linalg.norm(a))
+
+
+def exponent(xs: list[float], ts: list[float]) -> float:
+    return math.log(ts[1] / ts[0]) / math.log(xs[1] / xs[0])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true", help="the base row only")
+    ap.add_argument("--sweep-S", action="store_true", help="error vs S on the base row")
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(build_one(*json.loads(args.one))))
+        return
+    rows = {"base": ROWS["base"]} if args.quick else ROWS
+    results = {}
+    head = f"{'setting':12s} {'N':>5s} {'P':>3s} {'d':>4s} | {'exact s':>8s} {'GiB':>5s} | "
+    print(head + f"{'S=1 s':>7s} {'GiB':>5s} {'speed-up':>8s} {'top-10 Λ err':>12s} edge err")
+    for name, (n, p, d) in rows.items():
+        exact, s1 = run(n, p, d, None), run(n, p, d, 1)
+        results[name] = (exact, s1)
+        print(
+            f"{name:12s} {n:5d} {p:3d} {d:4d} | {exact['seconds']:8.1f} {exact['peak_gib']:5.2f} | "
+            f"{s1['seconds']:7.1f} {s1['peak_gib']:5.2f} {exact['seconds'] / s1['seconds']:7.1f}x "
+            f"{top_error(exact, s1):12.3%} {edge_error(exact, s1):8.3f}"
+        )
+    if len(results) == 4:
+        for mode, i in (("exact", 0), ("S=1", 1)):
+            t = {k: v[i]["seconds"] for k, v in results.items()}
+            print(
+                f"growth ({mode}): N^{exponent([480, 960], [t['base'], t['2x data']]):.2f} "
+                f"P^{exponent([3, 8], [t['base'], t['8 positions']]):.2f} "
+                f"d^{exponent([128, 256], [t['base'], t['2x width']]):.2f}"
+            )
+    if args.sweep_S:
+        n, p, d = ROWS["8 positions"]
+        exact = results.get("8 positions", (run(n, p, d, None),))[0]
+        for S in (1, 4, 16, 64):  # positions=1 with S combinations of the hidden directions
+            errs, secs = [], []
+            for seed in range(3):
+                r = run(n, p, d, 1, seed, hidden=S)
+                errs.append(top_error(exact, r))
+                secs.append(r["seconds"])
+            print(
+                f"positions=1, hidden={S:3d} (8 positions): {sum(secs) / 3:6.1f} s, "
+                f"top-10 Λ error {sum(errs) / 3:.3%} (mean of 3 seeds)"
+            )
+
+
+if __name__ == "__main__":
+    main()
