@@ -29,7 +29,7 @@ from torch import nn
 
 from experiments.models import model_from_spec
 from experiments.tasks import Task, modular_task_from_rib_config
-from experiments.transformer import Transformer, TransformerConfig
+from experiments.transformer import Transformer
 from interbasis import FormatError, ShapeError
 
 TRAIN_FORMAT = "interbasis.experiments.train"
@@ -39,6 +39,24 @@ RIB_MODADD_CHECKPOINT = RIB_MODADD_DIR / "model_epoch_60000.pt"
 # Buffers TransformerLens may or may not store; our defaults are used when absent.
 _OPTIONAL_KEYS = re.compile(r"blocks\.\d+\.attn\.(mask|IGNORE)$")
 _STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+# Entries read_training_checkpoint checks (types), of the checkpoint and of its 'extra' section.
+_TRAIN_ENTRIES: dict[str, tuple[type, ...]] = {
+    "step": (int,),
+    "model": (dict,),
+    "model_state": (dict,),
+    "optimizer_state": (dict,),
+    "torch_rng": (torch.Tensor,),
+    "cuda_rng": (list,),
+    "train_config": (dict,),
+    "grokking_step": (int, type(None)),
+    "memorization_step": (int, type(None)),
+}
+_EXTRA_ENTRIES: dict[str, tuple[type, ...]] = {
+    "numpy_rng": (tuple,),
+    "python_rng": (tuple,),
+    "callbacks": (list,),
+    "callback_names": (list,),
+}
 
 
 def _torch_load(path: Path, weights_only: bool = True) -> Any:
@@ -60,23 +78,25 @@ def read_rib_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not config_path.is_file():
         raise FormatError(f"no config.yaml beside {path}: a TransformerLens state dict needs one")
     try:
-        config = yaml.safe_load(config_path.read_text())
-    except yaml.YAMLError as err:
+        config = yaml.safe_load(config_path.read_bytes())  # bytes: YAML detects the encoding
+    except (yaml.YAMLError, RecursionError) as err:
         raise FormatError(f"cannot parse {config_path}: {err}") from err
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise FormatError(f"{config_path} has no 'model' section")
     return config
 
 
-def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def load_state_checked(model: nn.Module, state: Any, source: str) -> None:
     """``model.load_state_dict(state)`` with errors that name the offending tensor.
 
     Missing or unexpected keys raise FormatError; a shape that differs from the one the model
     config implies raises ShapeError naming the tensor and both shapes. TransformerLens's
     optional buffers ``attn.mask`` / ``attn.IGNORE`` may be absent.
     """
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise FormatError(f"{source}: expected a state dict of tensors")
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise FormatError(f"{source}: expected a state dict of tensors (keys: parameter names)")
     expected = model.state_dict()
     missing = sorted(k for k in expected.keys() - state.keys() if not _OPTIONAL_KEYS.search(k))
     unexpected = sorted(state.keys() - expected.keys())
@@ -86,6 +106,11 @@ def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source:
             f"unexpected {unexpected[:8]}"
         )
     for key, tensor in state.items():
+        if tensor.is_floating_point() != expected[key].is_floating_point():
+            raise FormatError(
+                f"{source}: tensor {key!r} has dtype {tensor.dtype} in the file, the model has "
+                f"{expected[key].dtype}"
+            )
         if tuple(tensor.shape) != tuple(expected[key].shape):
             raise ShapeError(
                 f"{source}: tensor {key!r} has shape {tuple(tensor.shape)} in the file but the "
@@ -95,6 +120,15 @@ def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source:
     if len(float_dtypes) == 1:
         model.to(float_dtypes.pop())  # keep float64 checkpoints in float64
     model.load_state_dict(state, strict=False)
+
+
+def _model_from_file_spec(spec: Any, path: Path) -> nn.Module:
+    """``model_from_spec`` for a spec read from a file: a bad spec is a bad file."""
+    try:
+        return model_from_spec(spec)
+    except (TypeError, ValueError, KeyError, RuntimeError, OverflowError, MemoryError) as err:
+        # InterbasisError subclasses (DataError, FormatError) included: name the file too
+        raise FormatError(f"{path}: cannot build the model its spec describes: {err}") from err
 
 
 def _finish(model: nn.Module, map_location: str | torch.device | None) -> nn.Module:
@@ -155,12 +189,12 @@ def load_checkpoint(
             path = candidates[0]
     obj = _torch_load(path)
     if isinstance(obj, dict) and obj.get("format") == TRAIN_FORMAT:
-        model = model_from_spec(obj["model"])
-        load_state_checked(model, obj["model_state"], str(path))
+        model = _model_from_file_spec(obj.get("model"), path)
+        load_state_checked(model, obj.get("model_state"), str(path))
         return _finish(model, map_location)
     if isinstance(obj, dict) and "embed.W_E" in obj:
-        config = TransformerConfig.from_dict(read_rib_config(path)["model"])
-        model = Transformer(config)
+        spec = {"kind": "transformer", "config": read_rib_config(path)["model"]}
+        model = _model_from_file_spec(spec, path)
         load_state_checked(model, obj, str(path))
         return _finish(model, map_location)
     raise FormatError(
@@ -216,6 +250,18 @@ def read_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         obj["extra"] = pickle.loads(obj["extra"])
     except Exception as err:
         raise FormatError(f"{path}: cannot unpickle its 'extra' section: {err}") from err
+    for where, entries in ((obj, _TRAIN_ENTRIES), (obj["extra"], _EXTRA_ENTRIES)):
+        if not isinstance(where, dict):
+            raise FormatError(f"{path}: its 'extra' section is not a dict")
+        for key, kinds in entries.items():
+            value = where.get(key, KeyError)
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise FormatError(
+                    f"{path}: entry {key!r} is {'missing' if value is KeyError else type(value)};"
+                    f" a training checkpoint holds {' or '.join(k.__name__ for k in kinds)}"
+                )
+    if obj["step"] < 0:
+        raise FormatError(f"{path}: step {obj['step']} is negative")
     return obj
 
 

@@ -32,7 +32,7 @@ from experiments.checkpoint_io import (
     save_atomic,
 )
 from experiments.models import model_spec
-from interbasis import Callback, DataError
+from interbasis import Callback, DataError, FormatError
 
 # Config fields that may change on resume: they do not change the parameter trajectory.
 RESUMABLE_CHANGES = frozenset(
@@ -42,16 +42,30 @@ RESUMABLE_CHANGES = frozenset(
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Records of ``<run_dir>/metrics.jsonl``; a torn last line (killed mid-write) is dropped."""
+    """Records of ``<run_dir>/metrics.jsonl``; a torn last line (killed mid-write) is dropped.
+
+    Raises
+    ------
+    FormatError
+        A line before the last that is not a JSON object with an int ``"step"``.
+    """
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, 1):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            break
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+        elif number < len(lines):  # only the last line can be torn by a kill
+            raise FormatError(
+                f"{path}, line {number}: not a metrics record (a JSON object with "
+                f"an int 'step'): {line[:80]!r}"
+            )
     return records
 
 
@@ -126,15 +140,24 @@ class RunDir:
                 f"cannot resume {path}: it holds states of callbacks "
                 f"{ckpt['extra']['callback_names']}, got {names}"
             )
-        model.load_state_dict(ckpt["model_state"])
-        opt.load_state_dict(ckpt["optimizer_state"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if ckpt["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-        np.random.set_state(ckpt["extra"]["numpy_rng"])  # noqa: NPY002
-        random.setstate(ckpt["extra"]["python_rng"])
-        for cb, state in zip(self.callbacks, ckpt["extra"]["callbacks"], strict=True):
-            cb.load_state_dict(state)
+        part = "model state"
+        try:  # the states come from a file: a mismatch is a bad checkpoint, named as such
+            model.load_state_dict(ckpt["model_state"])
+            part = "optimizer state"
+            opt.load_state_dict(ckpt["optimizer_state"])
+            part = "RNG states"
+            torch.set_rng_state(ckpt["torch_rng"])
+            if ckpt["cuda_rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+            np.random.set_state(ckpt["extra"]["numpy_rng"])  # noqa: NPY002
+            random.setstate(ckpt["extra"]["python_rng"])
+            part = "callback states"
+            for cb, state in zip(self.callbacks, ckpt["extra"]["callbacks"], strict=True):
+                cb.load_state_dict(state)
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as err:
+            raise FormatError(
+                f"cannot resume {path}: its {part} does not fit this run: {err!r:.300}"
+            ) from err
         self.step = int(ckpt["step"])
         self.grokking_step = ckpt["grokking_step"]
         self.memorization_step = ckpt["memorization_step"]

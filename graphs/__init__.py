@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from graphs.consensus import ModuleStability, module_stability
 from graphs.cut import cut_cost, default_epsilon, log_weights, resolve_epsilon
 from graphs.errors import (
     EpsilonWarning,
@@ -21,6 +22,7 @@ from graphs.errors import (
 from graphs.export import (
     load_npz,
     read_graphml,
+    read_json,
     save_npz,
     to_node_link,
     write_graphml,
@@ -55,6 +57,7 @@ __all__ = [
     "InteractionGraph",
     "InvalidGraphError",
     "ModuleSearchError",
+    "ModuleStability",
     "NodeLayer",
     "NullModelResult",
     "Partition",
@@ -67,9 +70,11 @@ __all__ = [
     "find_modules",
     "load_npz",
     "log_weights",
+    "module_stability",
     "null_model",
     "read_gexf",
     "read_graphml",
+    "read_json",
     "read_neuronpedia_json",
     "resolution_sweep",
     "resolve_epsilon",

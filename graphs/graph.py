@@ -25,9 +25,23 @@ if TYPE_CHECKING:
 
 
 def _vector(value: Any, size: int, dtype: type, what: str, layer: str) -> np.ndarray:
-    arr: np.ndarray = np.array(
-        value, dtype=dtype
-    )  # a copy: later edits by the caller cannot leak in
+    try:  # a copy: later edits by the caller cannot leak in
+        raw = np.array(value)
+        if raw.dtype.kind not in "biuf":  # strings, objects, complex: never silently cast
+            raise TypeError(f"dtype {raw.dtype}")
+        if (
+            dtype is not np.float64
+            and raw.dtype.kind == "f"
+            and (~np.isfinite(raw) | (raw != np.round(raw))).any()
+        ):
+            raise TypeError("values that are not whole numbers")  # NaN != NaN lands here too
+        if dtype is np.bool_ and raw.dtype.kind != "b" and ((raw != 0) & (raw != 1)).any():
+            raise TypeError("values other than 0/1 (True/False)")
+        arr: np.ndarray = raw.astype(dtype)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidGraphError(
+            f"layer {layer!r}: {what} must be a numeric array of shape ({size},), got {exc}"
+        ) from exc
     if arr.shape != (size,):
         raise InvalidGraphError(
             f"layer {layer!r}: {what} has shape {arr.shape}, expected ({size},) (the layer size)"
@@ -139,6 +153,12 @@ class InteractionGraph:
         metadata: dict[str, Any] | None = None,
         modules: list[np.ndarray] | None = None,
     ) -> None:
+        if not isinstance(layers, list | tuple):
+            raise InvalidGraphError(f"layers must be a list of NodeLayer, got {type(layers)}")
+        if not isinstance(edges, list | tuple):
+            raise InvalidGraphError(f"edges must be a list of arrays, got {type(edges)}")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise InvalidGraphError(f"metadata must be a dict or None, got {type(metadata)}")
         self.layers = list(layers)
         for layer in self.layers:
             if not isinstance(layer, NodeLayer):
@@ -161,7 +181,10 @@ class InteractionGraph:
     def _check_edges(self, i: int, edges: Any) -> np.ndarray:
         src, dst = self.layers[i], self.layers[i + 1]
         try:
-            arr = np.array(edges, dtype=np.float64)
+            raw = np.array(edges)
+            if raw.dtype.kind not in "biuf":  # strings, objects, complex: never silently cast
+                raise TypeError(f"dtype {raw.dtype}")
+            arr = raw.astype(np.float64)
         except (TypeError, ValueError) as exc:
             raise InvalidGraphError(f"edges of {self._pair(i)} are not numeric: {exc}") from exc
         if arr.shape != (dst.size, src.size):
@@ -184,14 +207,24 @@ class InteractionGraph:
         return arr
 
     def _check_modules(self, modules: list[np.ndarray]) -> list[np.ndarray]:
-        if len(modules) != len(self.layers):
-            raise InvalidGraphError(f"modules: need one array per layer ({len(self.layers)})")
+        if not isinstance(modules, list | tuple) or len(modules) != len(self.layers):
+            raise InvalidGraphError(
+                f"modules: need a list with one array per layer ({len(self.layers)}), "
+                f"got {type(modules).__name__}"
+            )
         out = []
         for layer, mod in zip(self.layers, modules, strict=True):
             arr = _vector(mod, layer.size, np.int64, "modules", layer.name)
-            if (arr < -1).any() or (layer.has_constant and arr[0] != -1):
+            if (arr < -1).any():
+                bad = int(np.flatnonzero(arr < -1)[0])
                 raise InvalidGraphError(
-                    f"layer {layer.name!r}: module ids must be >= -1 and -1 on the constant node"
+                    f"node '{layer.name}:{bad}': module id {int(arr[bad])} is below -1 "
+                    "(module ids are >= 0, -1 = unassigned)"
+                )
+            if layer.has_constant and arr[0] != -1:
+                raise InvalidGraphError(
+                    f"node '{layer.name}:0' is the constant node and cannot be in a module "
+                    f"(got module {int(arr[0])}; it must be -1)"
                 )
             out.append(arr)
         return out
@@ -297,7 +330,9 @@ class InteractionGraph:
         return keep.reshape(e.shape)
 
     def _check_fraction(self, fraction: float) -> float:
-        if not (isinstance(fraction, int | float) and 0.0 < fraction <= 1.0):
+        if isinstance(fraction, bool) or not (
+            isinstance(fraction, int | float | np.integer | np.floating) and 0.0 < fraction <= 1.0
+        ):
             raise InvalidGraphError(f"fraction must be in (0, 1], got {fraction!r}")
         return float(fraction)
 
@@ -349,6 +384,13 @@ class InteractionGraph:
         modules = [np.full(layer.size, -1, dtype=np.int64) for layer in self.layers]
         for node_id, module in membership.items():
             li, i = self.locate(node_id)
+            if isinstance(module, bool | np.bool_) or not isinstance(module, int | np.integer):
+                raise InvalidGraphError(
+                    f"node {node_id!r}: module id must be an int (>= 0, or -1 = unassigned), "
+                    f"got {module!r} of type {type(module).__name__}"
+                )
+            if module < -1:
+                raise InvalidGraphError(f"node {node_id!r}: module id {module} is below -1")
             modules[li][i] = int(module)
         return InteractionGraph(self.layers, self.edges, copy.deepcopy(self.metadata), modules)
 

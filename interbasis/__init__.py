@@ -13,6 +13,7 @@ from interbasis.errors import (
     NotPiecewiseLinearError,
     RankError,
     ShapeError,
+    WriteError,
 )
 from interbasis.grams import GramAccumulator
 from interbasis.graph_build import build_graph
@@ -35,6 +36,7 @@ __all__ = [
     "Section",
     "ShapeError",
     "Sources",
+    "WriteError",
     "__version__",
     "activation_grams",
     "build_bases",

@@ -30,8 +30,8 @@ from typing import Literal
 
 import torch
 
-from interbasis.errors import FormatError, RankError, ShapeError
-from interbasis.io import atomic_write
+from interbasis.errors import RankError, ShapeError
+from interbasis.io import atomic_write, read_bases_file
 from interbasis.performance import single_thread
 
 FORMAT_NAME = "interbasis.Basis"
@@ -308,37 +308,10 @@ def load_bases(path: str | os.PathLike[str]) -> list[Basis]:
 
     Raises
     ------
+    FileNotFoundError
+        No file at ``path``.
     FormatError
-        If the file is not an interbasis basis file or has an unknown format version.
+        The file is not an interbasis basis file, has an unknown format version, or a missing,
+        mistyped or misshapen field (checked by :func:`interbasis.io.read_bases_file`).
     """
-    source = Path(path)
-    if not source.is_file():
-        raise FileNotFoundError(f"no basis file at {source}")
-    try:
-        if source.suffix == ".pt":
-            blob = torch.load(source, map_location="cpu", weights_only=True)
-            meta, tensors = blob["metadata"], blob["tensors"]
-        else:
-            from safetensors import safe_open
-
-            with safe_open(str(source), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except FormatError:
-        raise
-    except Exception as err:
-        raise FormatError(f"{source} is not a basis file written by interbasis: {err}") from err
-    if meta.get("format") != FORMAT_NAME:
-        raise FormatError(f"{source} is not a basis file written by interbasis (no format tag)")
-    if meta.get("version") != str(FORMAT_VERSION):
-        raise FormatError(
-            f"{source} has basis format version {meta.get('version')}; this interbasis reads "
-            f"version {FORMAT_VERSION}"
-        )
-    bases = []
-    for i, h in enumerate(json.loads(meta["bases"])):
-        fields = {f: tensors[f"{i}.{f}"] for f in _TENSORS}
-        bases.append(
-            Basis(name=h["name"], has_constant=h["has_constant"], kind=h["kind"], **fields)
-        )
-    return bases
+    return [Basis(**fields) for fields in read_bases_file(path, FORMAT_NAME, FORMAT_VERSION)]

@@ -157,6 +157,9 @@ def _move(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Modu
     model = copy.deepcopy(model)
     model.to(device)
     model.to(dtype)
+    cfg = getattr(model, "cfg", None)  # TransformerLens casts attention patterns to cfg.dtype
+    if isinstance(getattr(cfg, "dtype", None), torch.dtype):
+        cfg.dtype = dtype  # type: ignore[union-attr]
     return model
 
 

@@ -40,3 +40,7 @@ class ShapeError(InterbasisError, ValueError):
 
 class NotPiecewiseLinearError(InterbasisError, TypeError):
     """The model is not a chain of linear maps and ReLU / leaky-ReLU gates."""
+
+
+class WriteError(InterbasisError, OSError):
+    """An output path that cannot be written (missing folder, a directory, no permission)."""

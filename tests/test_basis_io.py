@@ -7,6 +7,7 @@ import torch
 from nets import mlp
 
 from interbasis import Basis, FormatError, build_bases, load_bases, save_bases
+from interbasis.errors import WriteError
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +48,14 @@ def test_foreign_files_are_rejected(tmp_path) -> None:
         {"metadata": {"format": "interbasis.Basis", "version": "99"}, "tensors": {}},
         tmp_path / "v.pt",
     )
-    with pytest.raises(FormatError, match="version 99"):
+    with pytest.raises(FormatError, match="version '99'"):
         Basis.load(tmp_path / "v.pt")
     with pytest.raises(FileNotFoundError):
         Basis.load(tmp_path / "missing.pt")
 
 
 def test_write_is_atomic(bases: list[Basis], tmp_path, monkeypatch) -> None:
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(WriteError, match=r"no_such_dir.*does not exist"):
         bases[0].save(tmp_path / "no_such_dir" / "b.safetensors")
     assert list(tmp_path.iterdir()) == []
     target = tmp_path / "b.safetensors"
@@ -69,7 +70,58 @@ def test_write_is_atomic(bases: list[Basis], tmp_path, monkeypatch) -> None:
     import safetensors.torch
 
     monkeypatch.setattr(safetensors.torch, "save_file", fail_halfway)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteError, match=r"b\.safetensors.*disk full"):
         bases[1].save(target)
     assert target.read_bytes() == before  # the old file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["b.safetensors"]  # no temporary left
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m, t: t.pop("1.C_pinv"), r"basis 1 \('2'\) has no float64 tensor 'C_pinv'"),
+        (lambda m, t: t.update({"0.mean": t["0.mean"].float()}), r"basis 0 \('0'\).*'mean'"),
+        (lambda m, t: t.update({"1.C": t["1.C"][:-1]}), r"basis 1 \('2'\) has inconsistent shapes"),
+        (lambda m, t: t.update({"2.eigenvalues": t["2.eigenvalues"][:1]}), r"basis 2 \('output'\)"),
+        (lambda m, t: m.update(bases="[1, 2"), r"metadata 'bases' is missing or not JSON"),
+        (lambda m, t: m.pop("bases"), r"metadata 'bases' is missing"),
+        (
+            lambda m, t: m.update(bases='[{"name": "0", "has_constant": 1, "kind": "pca"}]'),
+            r"basis 0 header must be",
+        ),
+        (
+            lambda m, t: m.update(bases='[{"name": "0", "has_constant": true, "kind": "rib"}]'),
+            r"basis 0 header must be",
+        ),
+    ],
+)
+def test_read_bases_file_names_the_bad_field(bases: list[Basis], tmp_path, edit, message) -> None:
+    """Edited files raise FormatError naming the basis and field (they used to give raw
+    KeyError / JSONDecodeError, or a Basis whose shapes do not fit)."""
+    from interbasis.basis import FORMAT_NAME, FORMAT_VERSION
+    from interbasis.io import read_bases_file
+
+    path = save_bases(bases, tmp_path / "b.pt")
+    blob = torch.load(path, weights_only=True)
+    edit(blob["metadata"], blob["tensors"])
+    torch.save(blob, path)
+    with pytest.raises(FormatError, match=message):
+        read_bases_file(path, FORMAT_NAME, FORMAT_VERSION)
+    fields = read_bases_file(save_bases(bases, tmp_path / "ok.pt"), FORMAT_NAME, FORMAT_VERSION)
+    assert [Basis(**f).name for f in fields] == ["0", "2", "output"]
+
+
+def test_load_bases_uses_the_checked_reader(bases: list[Basis], tmp_path) -> None:
+    path = save_bases(bases, tmp_path / "b.pt")
+    blob = torch.load(path, weights_only=True)
+    blob["tensors"].pop("1.C_pinv")
+    torch.save(blob, path)
+    with pytest.raises(FormatError, match="'C_pinv'"):
+        load_bases(path)  # today: KeyError '1.C_pinv'
+
+
+def test_read_bases_file_missing_file_names_the_path(tmp_path) -> None:
+    from interbasis.io import read_bases_file
+
+    with pytest.raises(FileNotFoundError, match=r"no basis file at .*nothing\.pt"):
+        read_bases_file(tmp_path / "nothing.pt", "interbasis.Basis", 1)

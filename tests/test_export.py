@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import xml.etree.ElementTree as ET
 
 import igraph
@@ -22,7 +23,7 @@ from graphs import (
     write_graphml,
     write_json,
 )
-from graphs.export import atomic_write
+from graphs.export import atomic_write, load_npz, read_json
 
 
 def make_graph(seed: int = 0, names: tuple[str, ...] = ("embed", "blocks.0", "out")):
@@ -193,3 +194,107 @@ def test_json_node_link_is_strict_and_readable_by_networkx(tmp_path) -> None:
     assert G.number_of_edges() == sum(int(np.count_nonzero(e)) for e in g.edges)
     assert G.nodes["embed:0"]["eigenvalue"] is None and G.nodes["out:3"]["module"] == 0
     assert to_node_link(g)["nodes"][1]["id"] == "embed:1"
+
+
+# ------------------------------------------------------------------ issue 19: bad files
+def _edit_lines(path, edit) -> None:
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(edit(lines)))
+
+
+def test_graphml_duplicated_edge_is_rejected_naming_it(tmp_path) -> None:
+    """A repeated edge used to keep its last weight silently."""
+    path = tmp_path / "g.graphml"
+    write_graphml(make_graph(), path)
+    k = next(i for i, line in enumerate(path.read_text().splitlines()) if "<edge " in line)
+    edge = path.read_text().splitlines()[k]
+    other = re.sub(r">[^<>]+</data>", ">123.5</data>", edge)
+    _edit_lines(path, lambda lines: [*lines[: k + 1], other, *lines[k + 1 :]])
+    source, target = re.findall(r'(?:source|target)="([^"]+)"', edge)
+    with pytest.raises(
+        GraphFormatError,
+        match=rf"edge '{re.escape(source)}' -> '{re.escape(target)}' appears twice.*123\.5",
+    ):
+        read_graphml(path)
+
+
+def test_graphml_duplicated_node_and_bad_values_are_rejected(tmp_path) -> None:
+    path = tmp_path / "g.graphml"
+    write_graphml(make_graph(), path)
+    text = path.read_text()
+    k = next(i for i, line in enumerate(text.splitlines()) if '<node id="out:1">' in line)
+    _edit_lines(path, lambda lines: [*lines[: k + 1], lines[k], *lines[k + 1 :]])
+    with pytest.raises(GraphFormatError, match=r"node 'out:1' appears twice"):
+        read_graphml(path)
+    cases = [  # (edit of the valid text, what the message names)
+        (('<data key="n_is_constant">false', '<data key="n_is_constant">maybe'), "is_constant"),
+        (
+            (
+                'attr.name="eigenvalue" attr.type="double"',
+                'attr.name="eigenvalue" attr.type="string"',
+            ),
+            "eigenvalue=",
+        ),
+        (('<data key="n_index">1</data>', '<data key="n_index">7</data>'), "layer_index/index"),
+        (('"size": 7', '"size": 70000000000'), "nodes, layers say"),
+        (('<data key="e_weight">', '<data key="e_weight">-'), "negative weights"),
+        (('encoding="UTF-8"', 'encoding="UTF-1"'), "not a readable GraphML"),
+    ]
+    for (old, new), message in cases:
+        path.write_text(text.replace(old, new, 1))
+        with pytest.raises(GraphFormatError, match=re.escape(message)):
+            read_graphml(path)
+
+
+def test_json_round_trip_and_bad_files(tmp_path) -> None:
+    g = make_graph().with_modules({"blocks.0:3": 1, "out:0": 0})
+    path = tmp_path / "g.json"
+    write_json(g, path)
+    h = read_json(path)
+    assert h.metadata == g.metadata and h.module_membership() == g.module_membership()
+    for la, lb in zip(g.layers, h.layers, strict=True):
+        np.testing.assert_array_equal(la.eigenvalues, lb.eigenvalues)  # NaN (null) included
+        np.testing.assert_array_equal(la.is_constant, lb.is_constant)
+    for ea, eb in zip(g.edges, h.edges, strict=True):
+        np.testing.assert_array_equal(ea, eb)
+    data = json.loads(path.read_text())
+    data["links"].append({**data["links"][0], "weight": 9.0})
+    path.write_text(json.dumps(data))
+    link = data["links"][0]
+    with pytest.raises(
+        GraphFormatError, match=rf"edge '{re.escape(link['source'])}' -> .* appears twice"
+    ):
+        read_json(path)
+    for bad, message in [
+        (b"[1, 2", "not a readable JSON"),
+        (b"[]", "not a node-link graph"),
+        (b'{"nodes": [], "links": [], "graph": {"format": "x"}}', "not an interbasis graph"),
+        (b"\xff\xfe\x00", "not a readable JSON"),
+    ]:
+        path.write_bytes(bad)
+        with pytest.raises(GraphFormatError, match=message):
+            read_json(path)
+
+
+def test_npz_with_bad_arrays_names_the_file_and_the_array(tmp_path) -> None:
+    g = make_graph().with_modules({"out:0": 0})
+    path = tmp_path / "g.npz"
+    g.save(path)
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **{**arrays, "modules_2": np.array([0.5, 1.0, 0.0, -1.0])})  # was truncated
+    with pytest.raises(GraphFormatError, match=r"bad\.npz.*layer 'out'.*modules.*whole numbers"):
+        load_npz(bad)
+    np.savez(bad, **{**arrays, "eigenvalues_0": np.array(["a"] * 5)})  # was a raw ValueError
+    with pytest.raises(GraphFormatError, match=r"bad\.npz.*layer 'embed'.*eigenvalues"):
+        load_npz(bad)
+    header = json.loads(str(arrays["header"]))
+    np.savez(
+        bad, **{**arrays, "header": np.array(json.dumps({**header, "layers": [{"name": "x"}]}))}
+    )
+    with pytest.raises(GraphFormatError, match=r"bad\.npz.*'layers' must be a list"):
+        load_npz(bad)  # was a raw KeyError: 'size'
+    np.savez(bad, **{k: v for k, v in arrays.items() if k != "edges_1"})
+    with pytest.raises(GraphFormatError, match=r"missing the array 'edges_1'"):
+        load_npz(bad)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -255,3 +256,59 @@ def test_save_errors_leave_no_file(tmp_path) -> None:
     with pytest.raises(InvalidGraphError, match="empty graph"):
         InteractionGraph([], [], {}).save(tmp_path / "e.npz")
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ issue 19: bad input
+def test_with_modules_names_the_node_and_the_bad_value() -> None:
+    g = make_graph([3, 4, 2])
+    with pytest.raises(InvalidGraphError, match=r"node 'blocks\.2:1'.*'x'"):
+        g.with_modules({"blocks.2:1": "x"})  # was: "invalid literal for int()"
+    with pytest.raises(InvalidGraphError, match=r"node 'blocks\.2:1'.*True"):
+        g.with_modules({"blocks.2:1": True})  # a bool passes an int check
+    with pytest.raises(InvalidGraphError, match=r"node 'blocks\.2:1'.*1\.5"):
+        g.with_modules({"blocks.2:1": 1.5})  # was silently truncated to 1
+    with pytest.raises(InvalidGraphError, match=r"node 'blocks\.2:0'.*-4"):
+        g.with_modules({"blocks.2:0": -4})
+    with pytest.raises(InvalidGraphError, match=r"node 'blocks\.1:0' is the constant node"):
+        g.with_modules({"blocks.1:0": 2})
+    with pytest.raises(UnknownNodeError, match=r"'blocks\.9:0'"):
+        g.with_modules({"blocks.9:0": 1})
+    assert g.with_modules({"blocks.2:1": np.int64(3)}).module_membership()["blocks.2:1"] == 3
+
+
+def test_arrays_are_never_silently_cast() -> None:
+    ok: dict[str, Any] = dict(
+        eigenvalues=np.ones(3), is_constant=np.zeros(3, bool), activation_variance=np.ones(3)
+    )
+    with pytest.raises(InvalidGraphError, match=r"layer 'h'.*eigenvalues.*<U"):
+        NodeLayer("h", 3, **{**ok, "eigenvalues": np.array(["1", "2", "3"])})
+    with pytest.raises(InvalidGraphError, match=r"layer 'h'.*is_constant.*not whole numbers"):
+        NodeLayer("h", 3, **{**ok, "is_constant": np.array([0.5, 0.0, 0.0])})
+    with pytest.raises(InvalidGraphError, match=r"layer 'h'.*activation_variance.*complex"):
+        NodeLayer("h", 3, **{**ok, "activation_variance": np.array([1j, 0, 0])})
+    with pytest.raises(InvalidGraphError, match=r"layer 'h'.*eigenvalues"):
+        NodeLayer("h", 3, **{**ok, "eigenvalues": [[1.0], [2.0, 3.0]]})  # ragged
+    g = make_graph([3, 2])
+    layers = g.layers
+    with pytest.raises(InvalidGraphError, match=r"'blocks\.0' -> 'blocks\.1'.*not numeric"):
+        InteractionGraph(layers, [np.full((2, 3), "0.5")])  # strings were parsed as numbers
+    with pytest.raises(InvalidGraphError, match=r"layer 'blocks\.1'.*modules.*whole numbers"):
+        InteractionGraph(layers, g.edges, {}, [np.full(3, -1), np.array([0.5, 1.0])])
+    with pytest.raises(InvalidGraphError, match=r"layer 'blocks\.1'.*modules.*whole numbers"):
+        InteractionGraph(layers, g.edges, {}, [np.full(3, -1), np.array([np.nan, 1.0])])
+
+
+def test_constructor_rejects_containers_of_the_wrong_kind() -> None:
+    g = make_graph([3, 2])
+    with pytest.raises(InvalidGraphError, match="edges must be a list"):
+        InteractionGraph(g.layers, g.edges[0])  # type: ignore[arg-type]
+    with pytest.raises(InvalidGraphError, match="layers must be a list"):
+        InteractionGraph(g.layers[0], [])  # type: ignore[arg-type]
+    with pytest.raises(InvalidGraphError, match="metadata must be a dict"):
+        InteractionGraph(g.layers, g.edges, [("a", 1)])  # type: ignore[arg-type]
+    with pytest.raises(InvalidGraphError, match="modules: need a list with one array per layer"):
+        InteractionGraph(g.layers, g.edges, {}, np.full(5, -1))  # type: ignore[arg-type]
+    with pytest.raises(InvalidGraphError, match="contain NaN"):
+        InteractionGraph(g.layers, [np.where(g.edges[0] > 0, np.nan, 0.0)])
+    with pytest.raises(InvalidGraphError, match="fraction must be in"):
+        g.prune(True)
