@@ -15,6 +15,7 @@ the mode, so that every reduction (M, squared edges) is written once.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -236,7 +237,10 @@ class Section:
         use_jvp = mode == "jvp" or (mode == "auto" and n_in < units.n_units)
         # small passes run on one thread (performance.single_thread)
         small = value.device.type == "cpu" and value.numel() * min(n_in, units.n_units) < SMALL_WORK
-        with single_thread(small):
+        with single_thread(small), warnings.catch_warnings():
+            # torch warns at every vmapped backward of an op without a batching rule (e.g.
+            # CPU flash attention): once per process is enough
+            warnings.filterwarnings("once", message=".*not yet implemented the batching rule")
             if use_jvp and not (mode == "auto" and self._jvp_failed):
                 try:
                     yield from self._jvp_chunks(x, value, layout, units, kept, memory_budget)
