@@ -78,8 +78,11 @@ def main() -> None:
     g = igraph.Graph(n=table.n_nodes, edges=np.column_stack((table.src, table.dst)).tolist())
     weights = table.cost.tolist()
     runs = {
-        "find_modules(engine='leidenalg')": lambda s: find_modules(graph, eps, seed=s),
+        "find_modules(engine='leidenalg')": lambda s: find_modules(graph, eps, "leiden", seed=s),
         "find_modules(engine='igraph')": lambda s: find_modules(
+            graph, eps, "leiden", engine="igraph", seed=s
+        ),
+        "find_modules() default 'auto'": lambda s: find_modules(
             graph, eps, engine="igraph", seed=s
         ),
         "leidenalg.find_partition alone": lambda s: leidenalg.find_partition(
@@ -96,7 +99,7 @@ def main() -> None:
             f"CPU median {np.median(cpu):.3f} s over {args.repeats} runs"
         )
     for engine in ("leidenalg", "igraph"):
-        part = find_modules(graph, eps, engine=engine, seed=0)
+        part = find_modules(graph, eps, "leiden", engine=engine, seed=0)
         ari = adjusted_rand_index(part, truth)
         print(f"engine={engine}: {part.n_modules} modules, ARI vs planted {ari:.3f}")
 

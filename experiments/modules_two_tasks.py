@@ -18,7 +18,8 @@ per input in [-1, 1], so the two inputs are exactly independent in the data.
 **A node's task** is read from its function ``g`` on the grid by the exact ANOVA of a product
 grid: ``V = Var g``, ``V_k = Var_{x_k} E[g | x_k]`` (k = 1, 2), ``V_12 = V - V_1 - V_2``;
 task = 1 if ``V_1 >= V_2`` else 2, purity = ``max(V_1, V_2) / V``. **Modules**: Leiden
-(``graphs.find_modules`` defaults: modularity, resolution 1, ε = 1e-3 of the largest edge),
+(``graphs.find_modules`` defaults: method "auto" — Leiden, modularity, resolution chosen among
+1, 1/2, 1/4 by the null-model z — ε = 1e-3 of the largest edge),
 and two modules (k = 2): exact bipartition search where the graph has ≤ 16 non-constant
 nodes, else the spectral method with ``n_modules=2``. Reported: ARI against the task split
 over the nodes both assign (``graphs.adjusted_rand_index``; nodes whose edges are all below ε
@@ -27,6 +28,11 @@ assigned nodes whose task differs from their Leiden module's majority task (0 wh
 module lies within one task, even if a task is split into several modules, which lowers the
 ARI); cross-task weight = share of the edge weight between nodes of different tasks; null-model
 z of the Leiden partition (``graphs.null_model``; positive = more modular than chance).
+**Module ablations** (issue 20, :func:`interbasis.ablation.module_ablation`): each module of
+the default partition is ablated in turn (its nodes set to their mean in every node layer)
+and the R² of each task's output against the clean outputs is recorded (matrix module ×
+task; 1 = kept, <= 0 = chance); ``isolates[k]``: some module breaks task k (R² <= 0.05) while
+the other stays within 0.01.
 
     python -m experiments.modules_two_tasks --quick     # seconds
     python -m experiments.modules_two_tasks             # minutes (5 seeds, larger nets)
@@ -59,11 +65,14 @@ from experiments.modadd_graph import capture_inputs, finite_json
 from experiments.tasks import two_tasks
 from experiments.train import TrainConfig, train
 from graphs import InteractionGraph, adjusted_rand_index, draw_graph, find_modules, null_model
+from interbasis.ablation import module_ablation
 
 BasisName = Literal["interaction", "pca", "neuron"]
 BASES: tuple[BasisName, ...] = ("interaction", "pca", "neuron")
 EXACT_MAX_NODES = 16  # graphs.find_modules(method="exact") enumerates bipartitions up to this
 PURE = 0.9  # purity threshold of the "pure nodes" ARI
+CHANCE_R2 = 0.05  # a task is broken when its R² (vs the clean outputs) falls to <= this
+KEPT_R2 = 0.01  # ... and kept when it stays within this of the unablated R² (1)
 FUNCTION_TOL = 1e-10  # mixing must leave the float64 function unchanged up to round-off
 TABLE_KEYS = "ari ari_k2 ari_pure misplaced cross_task_share null_z median_purity nodes assigned"
 
@@ -115,22 +124,38 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
 
 def mixed_disconnected_net(width: int, depth: int, seed: int, mix: bool = True) -> MixedTwoNet:
     """Network (a); ``mix=False`` gives the same weights with every ``R = I``."""
+    return mixed_subnetworks(2, width, depth, seed, mix)
+
+
+def mixed_subnetworks(
+    k: int, width: int, depth: int, seed: int, mix: bool = True,
+    scales: Sequence[float] | None = None,
+) -> MixedTwoNet:  # fmt: skip
+    """``k`` tanh sub-networks ``1 -> width -> ... -> 1`` side by side, disguised by mixing.
+
+    As network (a) with ``k`` blocks (``k = 2`` is :func:`mixed_disconnected_net`, same random
+    draws). ``scales[l]`` multiplies the weights of layer ``l`` (after the draws): layers whose
+    edge weights differ in scale, the case that made Leiden split sub-networks by depth.
+    Input ``i`` feeds sub-network ``i`` only; output ``i`` reads it only.
+    """
     gen = torch.Generator().manual_seed(seed)
     widths = [1] + [width] * depth + [1]
-    layers, mixes, r_prev = [], [], torch.eye(2 * widths[0], dtype=torch.float64)
-    for k in range(depth + 1):
-        a, b = widths[k], widths[k + 1]
-        w = torch.zeros(2 * b, 2 * a, dtype=torch.float64)
-        for s in range(2):  # block-diagonal: sub-network s reads input s only
+    layers, mixes, r_prev = [], [], torch.eye(k * widths[0], dtype=torch.float64)
+    for l in range(depth + 1):
+        a, b = widths[l], widths[l + 1]
+        w = torch.zeros(k * b, k * a, dtype=torch.float64)
+        for s in range(k):  # block-diagonal: sub-network s reads input s only
             block = torch.randn(b, a, generator=gen, dtype=torch.float64) * 1.5 / a**0.5
             w[s * b : (s + 1) * b, s * a : (s + 1) * a] = block
-        bias = 0.5 * torch.randn(2 * b, generator=gen, dtype=torch.float64)
+        bias = 0.5 * torch.randn(k * b, generator=gen, dtype=torch.float64)
+        if scales is not None:
+            w = w * scales[l]
         # torch computes x W^T; the layer now reads h R, so W^T -> R^{-1} W^T, W -> W R^{-T}
         layers.append(_linear(w @ torch.linalg.inv(r_prev).T, bias))
-        if k < depth:
-            q, _ = torch.linalg.qr(torch.randn(2 * b, 2 * b, generator=gen, dtype=torch.float64))
-            log_s = torch.rand(2 * b, generator=gen, dtype=torch.float64) * 2 - 1
-            r = q * 2.0**log_s if mix else torch.eye(2 * b, dtype=torch.float64)
+        if l < depth:
+            q, _ = torch.linalg.qr(torch.randn(k * b, k * b, generator=gen, dtype=torch.float64))
+            log_s = torch.rand(k * b, generator=gen, dtype=torch.float64) * 2 - 1
+            r = q * 2.0**log_s if mix else torch.eye(k * b, dtype=torch.float64)
             mixes.append(_linear(r.T, None))  # h -> h R
             r_prev = r
     return MixedTwoNet(layers, mixes).eval()
@@ -218,7 +243,24 @@ def analyse(
         "k2_method": "exact" if len(tasks) <= EXACT_MAX_NODES else "spectral",
     }
     row["ari_k2"] = _ari(find_modules(graph, method=row["k2_method"], n_modules=2), tasks)
+    row.update(ablation_matrix(net, x, graph, leiden, bases))
     return row, graph.with_modules(leiden)
+
+
+def ablation_matrix(
+    net: nn.Module, x: torch.Tensor, graph: InteractionGraph, partition: Any,
+    bases: Sequence[ib.Basis],
+) -> dict[str, Any]:  # fmt: skip
+    """R² of each task's output (vs the clean outputs) with each module ablated in turn.
+
+    ``isolates[k]``: some module breaks task k (R² <= 0.05) and keeps the other within 0.01.
+    """
+    res = module_ablation(net, x, graph, partition, "r2", bases=bases,
+                          groups={"task 1": [0], "task 2": [1]})  # fmt: skip
+    v = res.values
+    kept = res.baseline - KEPT_R2
+    isolates = [bool(((v[:, k] <= CHANCE_R2) & (v[:, 1 - k] >= kept[1 - k])).any()) for k in (0, 1)]
+    return {"ablation_r2": v.tolist(), "ablation_modules": res.modules, "isolates": isolates}
 
 
 def trained_dense_net(s: Settings, seed: int, out: Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -268,6 +310,8 @@ def summary_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 vals = [r[key] for r in sel if r[key] is not None]
                 entry[key] = [float(np.mean(vals)), float(np.min(vals))] if vals else None
             entry["n_modules"] = [len(r["modules"]) for r in sel]
+            # share of seeds where some module ablation breaks one task and keeps the other
+            entry["isolates"] = [float(np.mean([r["isolates"][k] for r in sel])) for k in (0, 1)]
             table.append(entry)
     return table
 

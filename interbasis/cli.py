@@ -387,6 +387,8 @@ def _subparsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentP
         ("train", "train a model (see `interbasis train --help`; --config FILE.yaml)"),
         ("atlas", "HTML + JSON report linking graph, Hessian, D_LR and spectral edge "
          "(see `interbasis atlas --help`; --config FILE.yaml)"),
+        ("ablate", "ablation curves (CSV + PNG) of a checkpoint's node layers "
+         "(see `interbasis ablate --help`)"),
     ):  # fmt: skip
         sub.add_parser(name, help=text, add_help=False)
     return p, subs
@@ -405,6 +407,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_allocator()  # graph commands: reuse freed Jacobian chunks instead of page-faulting
     if argv[:1] == ["atlas"]:
         return _delegate("atlas", argv[1:])
+    if argv[:1] == ["ablate"]:
+        from interbasis.ablation.cli import ablate_command
+
+        return ablate_command(argv[1:])
     top, subs = _subparsers()
     command = top.parse_args(argv[:1] if argv[:1] and argv[0] in subs else argv).command
     args = _apply_config(subs[command], argv[1:], command)

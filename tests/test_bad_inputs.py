@@ -465,42 +465,36 @@ CASES: list[Case] = [
         lambda t: find_modules(G, method="leiden", resolution="1"),  # type: ignore[arg-type]
         ModuleSearchError,
         "resolution",
-        (NEEDS_FIX("graphs/modules.py"),),
     ),
     Case(
         "modules-resolution-bool",
         lambda t: find_modules(G, method="leiden", resolution=True),
         ModuleSearchError,
         "resolution",
-        (NEEDS_FIX("graphs/modules.py"),),
     ),
     Case(
         "modules-min-size-bool",
         lambda t: find_modules(G, method="exact", min_size=True),
         ModuleSearchError,
         "min_size",
-        (NEEDS_FIX("graphs/modules.py"),),
     ),
     Case(
         "modules-n-modules-bool",
         lambda t: find_modules(G, method="spectral", n_modules=True),
         ModuleSearchError,
         "n_modules",
-        (NEEDS_FIX("graphs/modules.py"),),
     ),
     Case(
         "modules-seed-string",
         lambda t: find_modules(G, seed="x"),  # type: ignore[arg-type]
         ModuleSearchError,
         "seed",
-        (NEEDS_FIX("graphs/modules.py"),),
     ),
     Case(
         "modules-not-a-graph",
         lambda t: find_modules("graph.graphml"),  # type: ignore[arg-type]
         ModuleSearchError,
         "InteractionGraph",
-        (NEEDS_FIX("graphs/modules.py"),),
     ),
     # --- interbasis.io: basis files, atomic writes
     Case(

@@ -201,6 +201,7 @@ PUBLIC_PACKAGES = {
     "interbasis.jacobian_spectra": "interbasis/jacobian_spectra/__init__.py",
     "interbasis.degeneracy": "interbasis/degeneracy/__init__.py",
     "interbasis.links": "interbasis/links/__init__.py",
+    "interbasis.ablation": "interbasis/ablation/__init__.py",
 }
 # documented in prose on docs/api/interbasis.md rather than by a directive of their own
 NOT_RENDERED = {"interbasis.__version__", "interbasis.degeneracy"}

@@ -6,6 +6,8 @@ import itertools
 import math
 import random
 import warnings
+from dataclasses import replace
+from typing import cast
 
 import igraph
 import networkx as nx
@@ -196,7 +198,7 @@ def test_cut_cost_matches_brute_force(seed: int, k: int, eps: float) -> None:
 )
 def test_exact_search_is_the_brute_force_minimum(seed: int, min_size: int, cost: str) -> None:
     g, _ = planted([4, 4, 4], 2, seed, between=0.3)  # 11 non-constant nodes
-    eps = default_epsilon(g)
+    eps = cast(float, default_epsilon(g))
     part = find_modules(g, method="exact", min_size=min_size, cost=cost)  # type: ignore[arg-type]
     nodes = [n for n, m in part.membership.items() if m >= 0]
     reference = brute_edge_cost if cost == "edge" else brute_mediating_cost
@@ -321,7 +323,12 @@ def test_fixed_seed_is_deterministic_and_parameters_reproduce() -> None:
         b = find_modules(g, method=method, seed=11, **kw)  # type: ignore[arg-type]
         assert a == b
         assert find_modules(g, **a.search_kwargs()) == a
-    part = find_modules(g, 0.05, resolution=0.7, quality="cpm", seed=3)
+    # method="auto" (the default) picks among resolution × (1, 1/2, 1/4) and reports Leiden
+    auto = find_modules(g, 0.05, resolution=0.7, quality="cpm", seed=3)
+    assert auto.method == "leiden" and auto.resolution in (0.7, 0.35, 0.175)
+    assert dict(auto.options)["selected_by"] == "null-model z"
+    assert find_modules(g, **auto.search_kwargs()) == replace(auto, options=())
+    part = find_modules(g, 0.05, "leiden", resolution=0.7, quality="cpm", seed=3)
     assert (part.epsilon, part.method, part.resolution, part.quality, part.seed) == (
         (0.05, 0.05),
         "leiden",
@@ -356,7 +363,7 @@ def test_partition_membership_unassigned_and_sizes() -> None:
     assert part.sizes == tuple(sorted(part.sizes, reverse=True))
     assert same_partition(part.membership, {**truth, "l0:4": -1})
     np.testing.assert_allclose(
-        part.cost, brute_edge_cost(g, part.membership, default_epsilon(g)), rtol=1e-12
+        part.cost, brute_edge_cost(g, part.membership, cast(float, default_epsilon(g))), rtol=1e-12
     )
 
 
