@@ -7,6 +7,7 @@ Subcommands::
     interbasis view  GRAPH_FILE [--out graph.html]    the interactive viewer of a graph file
     interbasis train ...                              the training harness (experiments.train)
     interbasis atlas CHECKPOINT_OR_RUN_DIR --out DIR  graph ↔ Hessian ↔ D_LR ↔ spectral edge
+    interbasis ablate CHECKPOINT --layers ... --out DIR ablation curves (CSV + PNG)
 
 ``graph`` and ``demo`` write ``graph.graphml``, ``graph.npz``, ``graph.png``, ``graph.html``
 (the viewer), ``summary.json`` (node counts, edge sparsity, modules, timings) and
@@ -270,7 +271,8 @@ def _cmd_view(args: argparse.Namespace, sub: argparse.ArgumentParser) -> int:
 
 
 def _delegate(command: str, argv: list[str]) -> int:
-    """``train`` / ``atlas``: YAML -> flags placed before the user's flags (last one wins)."""
+    """``train`` / ``atlas`` / ``ablate``: YAML -> flags placed before the user's flags (last
+    one wins)."""
     cfg_path, rest = None, []
     it = iter(argv)
     for a in it:
@@ -289,8 +291,8 @@ def _delegate(command: str, argv: list[str]) -> int:
     flags: list[str] = []
     for key, value in cfg.items():
         action = actions[key]
-        if not action.option_strings:  # the positional target
-            if sub.parse_known_args(rest)[0].target is None:
+        if not action.option_strings:  # the positional target / checkpoint
+            if getattr(sub.parse_known_args(rest)[0], action.dest) is None:
                 flags.append(str(value))
             continue
         flag = action.option_strings[0]
@@ -307,11 +309,15 @@ def _delegate(command: str, argv: list[str]) -> int:
         from experiments.train import main as train_main
 
         code = int(train_main(full) or 0)
+    elif command == "ablate":
+        from interbasis.ablation.cli import ablate_command
+
+        code = ablate_command(full)
     else:
         from interbasis.links.cli import atlas_command
 
         code = atlas_command(full)
-    resolved = _resolved(sub.parse_known_args(full)[0], ("out", "target"))
+    resolved = _resolved(sub.parse_known_args(full)[0], ("out", "target", "checkpoint"))
     out = Path(resolved["out"]) if resolved.get("out") else None
     if code == 0 and out is not None and out.is_dir():
         if command == "train" and (out / "run.json").is_file():
@@ -327,13 +333,16 @@ def _delegate_parser(command: str) -> argparse.ArgumentParser:
     with nothing required (the config may supply it), for --config keys and config.yaml."""
     from dataclasses import fields
 
-    if command == "atlas":
-        from interbasis.links.cli import _parser
+    if command in ("atlas", "ablate"):
+        if command == "atlas":
+            from interbasis.links.cli import _parser
+        else:
+            from interbasis.ablation.cli import _parser
 
         p = _parser()
         for action in p._actions:
             action.required = False
-            action.nargs = "?" if action.dest == "target" else action.nargs
+            action.nargs = "?" if action.dest in ("target", "checkpoint") else action.nargs
         return p
     from experiments.train import TrainConfig
 
@@ -388,7 +397,7 @@ def _subparsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentP
         ("atlas", "HTML + JSON report linking graph, Hessian, D_LR and spectral edge "
          "(see `interbasis atlas --help`; --config FILE.yaml)"),
         ("ablate", "ablation curves (CSV + PNG) of a checkpoint's node layers "
-         "(see `interbasis ablate --help`)"),
+         "(see `interbasis ablate --help`; --config FILE.yaml)"),
     ):  # fmt: skip
         sub.add_parser(name, help=text, add_help=False)
     return p, subs
@@ -408,9 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["atlas"]:
         return _delegate("atlas", argv[1:])
     if argv[:1] == ["ablate"]:
-        from interbasis.ablation.cli import ablate_command
-
-        return ablate_command(argv[1:])
+        return _delegate("ablate", argv[1:])
     top, subs = _subparsers()
     command = top.parse_args(argv[:1] if argv[:1] and argv[0] in subs else argv).command
     args = _apply_config(subs[command], argv[1:], command)

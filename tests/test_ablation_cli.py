@@ -36,3 +36,23 @@ def test_ablate_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "error" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         ablate_command([str(RIB_MODADD_CHECKPOINT), "--layers", "output", "--out", "x"])
+
+
+def test_ablate_config_round_trip(tmp_path: Path) -> None:
+    """``interbasis ablate --config``: the resolved config.yaml reruns the same curves."""
+    import yaml
+
+    from interbasis.cli import main
+
+    cfg = {"checkpoint": str(RIB_MODADD_CHECKPOINT), "layers": ["unembed"],
+           "bases": ["neuron"], "build_samples": 64, "counts": [0, 64]}  # fmt: skip
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(cfg))
+    assert (
+        main(["ablate", "--config", str(tmp_path / "a.yaml"), "--out", str(tmp_path / "r1")]) == 0
+    )
+    resolved = yaml.safe_load((tmp_path / "r1" / "config.yaml").read_text())
+    assert resolved["counts"] == [0, 64] and resolved["bases"] == ["neuron"]
+    assert main(["ablate", "--config", str(tmp_path / "r1" / "config.yaml"),
+                 "--out", str(tmp_path / "r2")]) == 0  # fmt: skip
+    first = (tmp_path / "r1" / "ablation_curves.csv").read_text()
+    assert (tmp_path / "r2" / "ablation_curves.csv").read_text() == first
