@@ -15,6 +15,15 @@ Usage::
 A killed run continues with ``--resume``. ``--quick`` (seconds, for tests) and
 ``--preset small`` (p = 31, minutes; it memorises but did not generalise within its 4 000
 updates, see docs/richness.md) shrink the setup.
+
+``--model seed001`` (issue 21) trains the seed's own model (:mod:`experiments.seed001_model`)
+on its ``[x, op, y, eq]`` data for 3 000 updates; ``--loss``, ``--optimizer``,
+``--weight-decay`` and ``--seed`` pick a grid cell (default: the cell closest to the seed's
+timeline, :data:`SEED001_DEFAULT`), and ``--grid-report RUN_DIR ...`` writes the grid table
+and the Fig. 12-style figure::
+
+    python -m experiments.dlr_grokking --model seed001 --seed 0 --out results/s001_ce_adamw_s0
+    python -m experiments.dlr_grokking --model seed001 --grid-report results/s001_*
 """
 
 from __future__ import annotations
@@ -79,6 +88,23 @@ PRESETS: dict[str, dict[str, Any]] = {
         batch_size=None,
     ),
 }
+
+
+# Seed 001's own model and data (issue 21): experiments.seed001_model on [x, op, y, eq].
+SEED001: dict[str, Any] = dict(
+    task="div_seq", model="seed001", p=97, frac_train=0.5, n_layers=2, d_model=128, n_heads=4,
+    d_mlp=512, lr=1e-3, betas=(0.9, 0.98), warmup_steps=10, batch_size=512, steps=3000,
+    eval_every=100, checkpoint_every=1000, checkpoint_steps=[200, 3000], threads=1,
+    progress=False,
+)  # fmt: skip
+# The grid cell closest to the seed's timeline (docs/richness.md, issue 21 grid): cross-entropy
+# with AdamW and weight decay 1 (the seed code's "paper setting", not the seed's MSE).
+SEED001_DEFAULT: dict[str, Any] = dict(loss="ce", optimizer="adamw", weight_decay=1.0)
+
+
+def seed001_config(**overrides: Any) -> TrainConfig:
+    """Seed 001's grokking setup on its own model; ``overrides`` pick the grid cell / seed."""
+    return TrainConfig(**{**SEED001, **SEED001_DEFAULT, **overrides})
 
 
 def config(preset: str = "full", weight_decay: float = 1.0, **overrides: Any) -> TrainConfig:
@@ -172,7 +198,9 @@ def run(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> list[dic
     out = Path(out_dir)
     task = build_task(cfg)
     tracker = make_tracker(task, cfg.eval_every)
-    callbacks = [SeedCodeInit(cfg.seed), FreezeHeadBias(), tracker]  # order: init first
+    callbacks: list[Callback] = [tracker]  # seed001 draws the seed code's init itself
+    if cfg.model == "transformer":
+        callbacks = [SeedCodeInit(cfg.seed), FreezeHeadBias(), tracker]  # order: init first
     train(cfg, out, callbacks=callbacks, resume=resume)
     records = with_metrics(out, tracker.history)
     (out / "richness.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -313,6 +341,134 @@ def report(run_dirs: Sequence[str | Path], figure_dir: str | Path) -> dict[str, 
     return summary
 
 
+SEED_TIMELINE = {"train_acc@200": 1.0, "test_acc@200": 0.052, "test_acc@3000": 0.998}
+SEED_D_LR = {"200": (0.51, 0.04), "3000": (0.11, 0.01)}  # seed 001 Table 8, mean ± std
+
+
+def cell_name(cfg: dict[str, Any]) -> str:
+    """``"mse / adam wd 0"`` from a run's config."""
+    return f"{cfg['loss']} / {cfg['optimizer']} wd {cfg['weight_decay']:g}"
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
+
+
+def grid_summary(
+    run_dirs: Sequence[str | Path], steps: Sequence[int] = (200, 2000, 3000)
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Per grid cell: per-seed records and mean ± std of accuracies and D_LR at ``steps``.
+
+    ``distance`` ranks cells against the seed's timeline (100 % train / 5.2 % test at step 200,
+    99.8 % test at 3000): the sum of the absolute gaps of the mean accuracies (1 = missing).
+    """
+    cells: dict[str, dict[str, Any]] = {}
+    for run_dir in map(Path, run_dirs):
+        cfg = json.loads((run_dir / "run.json").read_text())["config"]
+        cell = cells.setdefault(cell_name(cfg), {"config": cfg, "runs": {}})
+        cell["runs"][cfg["seed"]] = (str(run_dir), load_records(run_dir))
+    out: dict[str, Any] = {}
+    for name, cell in sorted(cells.items()):
+        entry: dict[str, Any] = {"seeds": sorted(cell["runs"])}
+        for step in steps:
+            at = [r for _, recs in cell["runs"].values() for r in recs if r["step"] == step]
+            if not at:
+                continue
+            entry[str(step)] = (
+                {"n_seeds": len(at)}
+                | {
+                    key: _mean_std([float(r[key]) for r in at])
+                    for key in ("train_acc", "test_acc", "train/d_lr", "test/d_lr")
+                }
+                | {"per_seed": [_point(r) for r in at]}
+            )
+        points = [key_points(recs) for _, recs in cell["runs"].values()]
+        memorised = [p["memorisation"] for p in points if "memorisation" in p]
+        if memorised:  # first record with train acc >= 0.99 and test acc < 0.5
+            entry["memorisation"] = {"n_seeds": len(memorised)} | {
+                key: _mean_std([float(m[key]) for m in memorised])
+                for key in ("step", "train_acc", "test_acc", "train/d_lr", "test/d_lr")
+            }
+        entry["distance"] = 0.0
+        for key, target in SEED_TIMELINE.items():
+            metric, at_step = key.split("@")
+            gap = abs(entry[at_step][metric][0] - target) if at_step in entry else 1.0
+            entry["distance"] += gap
+        out[name] = entry
+    return out, cells
+
+
+def grid_markdown(result: dict[str, Any]) -> str:
+    """The docs table of :func:`grid_report`'s result: mean ± std over seeds per cell."""
+    lines = [
+        "| cell (loss / optimizer, weight decay) | step | seeds | train acc | test acc "
+        "| D_LR train | D_LR test |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, cell in result["cells"].items():
+        for step in ("200", "memorisation", "2000", "3000"):
+            if step not in cell:
+                continue
+            c = cell[step]
+            stats = [f"{c[k][0]:.3f} ± {c[k][1]:.3f}"
+                     for k in ("train_acc", "test_acc", "train/d_lr", "test/d_lr")]  # fmt: skip
+            when = f"memorised ({c['step'][0]:.0f})" if step == "memorisation" else step
+            lines.append(f"| {name} | {when} | {c['n_seeds']} | " + " | ".join(stats) + " |")
+    lines.append("| seed 001 (Table 8) | 200 / 3000 | ≥ 3 | 1.00 / – | 0.052 / 0.998 | – "
+                 "| 0.51 ± 0.04 / 0.11 ± 0.01 |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def grid_report(run_dirs: Sequence[str | Path], figure_dir: str | Path) -> dict[str, Any]:
+    """Seed 001 Fig. 12-style figure and ``seed001_grid.json`` (:func:`grid_summary`).
+
+    Top row, one panel per cell: train/test accuracy and D_LR over steps, averaged over the
+    cell's runs that reached its last step. Bottom row: the spectral view (ρ_k, Π*, Π̂) of the
+    cell closest to the seed's timeline, first seed, at steps 200 and 3000 (its checkpoints).
+    """
+    summary, cells = grid_summary(run_dirs)
+    closest = min(summary, key=lambda k: summary[k]["distance"]) if summary else None
+    n = max(len(cells), 3)
+    fig, axes = plt.subplots(2, n, figsize=(5 * n, 8), constrained_layout=True, squeeze=False)
+    for ax, (name, cell) in zip(axes[0], sorted(cells.items()), strict=False):
+        runs = [recs for _, recs in cell["runs"].values()]
+        last = max(recs[-1]["step"] for recs in runs)
+        runs = [recs for recs in runs if recs[-1]["step"] == last]
+        steps = sorted(set.intersection(*({r["step"] for r in recs} for recs in runs)))
+
+        def mean(key: str, runs: list = runs, steps: list = steps) -> list[float]:
+            return [sum(float(next(r[key] for r in recs if r["step"] == s)) for recs in runs)
+                    / len(runs) for s in steps]  # fmt: skip
+
+        plot_richness_history(
+            steps,
+            {"D_LR train": mean("train/d_lr"), "D_LR test": mean("test/d_lr")},
+            {"train acc": mean("train_acc"), "test acc": mean("test_acc")},
+            marks={"step 200": 200, "step 3000": 3000},
+            ax=ax,
+        )
+        ax.set_title(f"{name} (mean of {len(runs)} seed{'s' * (len(runs) > 1)})", fontsize=10)
+    for ax in axes[0, len(cells) :]:
+        ax.axis("off")
+    if closest is not None:
+        run_dir = Path(cells[closest]["runs"][min(cells[closest]["runs"])][0])
+        plot_feature_view(spectral_views(run_dir, [200, 3000]), max_k=99, axes=list(axes[1, :3]))
+        axes[1, 0].set_ylabel(f"{closest}, first seed")
+    for ax in axes[1, 3 if closest is not None else 0 :]:
+        ax.axis("off")
+    figure_dir = Path(figure_dir)
+    figure_dir.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure_dir / "seed001_grid.png", dpi=110)
+    plt.close(fig)
+    result = {"closest_to_seed": closest, "seed_timeline": SEED_TIMELINE, "seed_d_lr": SEED_D_LR,
+              "cells": summary}  # fmt: skip
+    tmp = figure_dir / ".seed001_grid.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(figure_dir / "seed001_grid.json")
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.dlr_grokking",
@@ -320,22 +476,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", help="run directory (training mode)")
-    parser.add_argument("--weight-decay", type=float, default=1.0)
+    parser.add_argument("--model", choices=("transformer", "seed001"), default="transformer",
+                        help="seed001: the seed's own model and data (issue 21)")  # fmt: skip
+    parser.add_argument("--weight-decay", type=float, help="default 1 (seed001: its cell's)")
+    parser.add_argument("--loss", choices=("ce", "mse"), help="seed001 only")
+    parser.add_argument("--optimizer", choices=("adam", "adamw"), help="seed001 only")
+    parser.add_argument("--seed", type=int, default=0, help="seed001: init and batch order")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
     parser.add_argument("--quick", action="store_true", help="same as --preset quick")
     parser.add_argument("--steps", type=int, help="override the preset's number of updates")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--report", nargs="+", metavar="RUN_DIR", help="report on finished runs")
+    parser.add_argument("--grid-report", nargs="+", metavar="RUN_DIR",
+                        help="seed001 grid: table JSON and Fig. 12-style figure")  # fmt: skip
     parser.add_argument("--figure-dir", default="docs/figures")
     args = parser.parse_args(argv)
+    if args.grid_report:
+        result = grid_report(args.grid_report, args.figure_dir)
+        print(json.dumps({k: v["distance"] for k, v in result["cells"].items()}, indent=1))
+        print(f"closest to the seed's timeline: {result['closest_to_seed']}")
+        print(grid_markdown(result))
+        return 0
     if args.report:
         print(json.dumps(report(args.report, args.figure_dir), indent=1))
         return 0
     if not args.out:
         parser.error("--out is required unless --report is given")
     preset = "quick" if args.quick else args.preset
-    cfg = config(preset, args.weight_decay, device=args.device)
+    if args.model == "seed001":
+        cell = {"loss": args.loss, "optimizer": args.optimizer, "weight_decay": args.weight_decay}
+        cell = {k: v for k, v in cell.items() if v is not None}
+        cfg = seed001_config(**cell, seed=args.seed, device=args.device)
+    else:
+        wd = 1.0 if args.weight_decay is None else args.weight_decay
+        cfg = config(preset, wd, device=args.device)
     if args.steps is not None:
         cfg = replace(cfg, steps=args.steps)
     print(json.dumps({"config": asdict(cfg)}))

@@ -1,7 +1,7 @@
-"""Models of the experiments: :class:`Transformer` and :class:`MLP`, and their (de)serialisation.
+"""Models of the experiments: :class:`Transformer`, :class:`Seed001Transformer` and :class:`MLP`.
 
-A model is described by a *spec*, ``{"kind": "transformer" | "mlp", "config": {...}}``, a
-plain dict stored in training checkpoints so that a checkpoint rebuilds its own model.
+A model is described by a *spec*, ``{"kind": "transformer" | "seed001" | "mlp", "config":
+{...}}``, a plain dict stored in training checkpoints so that a checkpoint rebuilds its own model.
 """
 
 from __future__ import annotations
@@ -11,16 +11,19 @@ from typing import Any
 from torch import nn
 
 from experiments.mlp import MLP, MLPConfig
+from experiments.seed001_model import Seed001Config, Seed001Transformer
 from experiments.transformer import HookPoint, Transformer, TransformerConfig
 from interbasis import FormatError
 
-ModelConfig = TransformerConfig | MLPConfig
+ModelConfig = TransformerConfig | MLPConfig | Seed001Config
 
 __all__ = [
     "MLP",
     "HookPoint",
     "MLPConfig",
     "ModelConfig",
+    "Seed001Config",
+    "Seed001Transformer",
     "Transformer",
     "TransformerConfig",
     "build_model",
@@ -35,7 +38,11 @@ def build_model(config: ModelConfig) -> nn.Module:
         return Transformer(config)
     if isinstance(config, MLPConfig):
         return MLP(config)
-    raise TypeError(f"expected TransformerConfig or MLPConfig, got {type(config).__name__}")
+    if isinstance(config, Seed001Config):
+        return Seed001Transformer(config)
+    raise TypeError(
+        f"expected TransformerConfig, Seed001Config or MLPConfig, got {type(config).__name__}"
+    )
 
 
 def model_spec(model: nn.Module) -> dict[str, Any]:
@@ -44,7 +51,11 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
         return {"kind": "transformer", "config": model.cfg.to_dict()}
     if isinstance(model, MLP):
         return {"kind": "mlp", "config": model.cfg.to_dict()}
-    raise TypeError(f"model_spec needs a Transformer or MLP, got {type(model).__name__}")
+    if isinstance(model, Seed001Transformer):
+        return {"kind": "seed001", "config": model.cfg.to_dict()}
+    raise TypeError(
+        f"model_spec needs a Transformer, Seed001Transformer or MLP, got {type(model).__name__}"
+    )
 
 
 def model_from_spec(spec: dict[str, Any]) -> nn.Module:
@@ -56,4 +67,6 @@ def model_from_spec(spec: dict[str, Any]) -> nn.Module:
         return Transformer(TransformerConfig.from_dict(config))
     if kind == "mlp":
         return MLP(MLPConfig.from_dict(config))
-    raise FormatError(f"unknown model kind {kind!r}; expected 'transformer' or 'mlp'")
+    if kind == "seed001":
+        return Seed001Transformer(Seed001Config.from_dict(config))
+    raise FormatError(f"unknown model kind {kind!r}; expected 'transformer', 'seed001' or 'mlp'")

@@ -221,6 +221,36 @@ def modular_task(
     return Task(f"{op}_mod{p}", inputs, labels, train_idx, test_idx, n_classes=p, info=info)
 
 
+def division_sequence_task(p: int = 97, frac_train: float = 0.5, seed: int = 0) -> Task:
+    """Seed 001's modular division (teddykoker/grokking layout): ``x / y mod p`` as 4 tokens.
+
+    Every pair ``0 <= x < p``, ``0 < y < p`` once, ``x``-major, as the sequence
+    ``[x, op, y, eq]`` with ``eq = p`` and ``op = p + 1`` (``d_vocab = p + 2``); the label is
+    ``x · y^{-1} mod p`` (``y^{-1} = y^{p-2} mod p``, Fermat), read at the last position. The
+    split is :func:`split_indices` (a random ``frac_train`` of the p(p - 1) pairs; the seed
+    trains on half, 4 656 of 9 312 pairs for p = 97).
+
+    Returns
+    -------
+    Task with inputs LongTensor (p(p-1), 4), labels (p(p-1),), ``n_classes = p`` and ``info``
+    ``{op: "div", p, d_vocab: p + 2, n_ctx: 4, equals_token: p, op_token: p + 1, ...}``.
+    """
+    a, b, labels = _modular_pairs("div", p, nonzero=False)
+    inputs = torch.stack([a, torch.full_like(a, p + 1), b, torch.full_like(a, p)], dim=1)
+    train_idx, test_idx = split_indices(len(inputs), frac_train, seed)
+    info = {
+        "op": "div",
+        "p": p,
+        "d_vocab": p + 2,
+        "n_ctx": 4,
+        "equals_token": p,
+        "op_token": p + 1,
+        "frac_train": frac_train,
+        "seed": seed,
+    }
+    return Task(f"div_seq_mod{p}", inputs, labels, train_idx, test_idx, n_classes=p, info=info)
+
+
 def modular_task_from_rib_config(dataset: dict[str, Any]) -> Task:
     """The task of a rib ``config.yaml`` ``dataset`` section (modulus, fn_name, ...)."""
     fn_name = dataset.get("fn_name")

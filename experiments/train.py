@@ -34,7 +34,16 @@ from tqdm import tqdm
 from experiments.checkpoint_io import latest_checkpoint, list_checkpoints
 from experiments.models import MLPConfig, TransformerConfig, build_model, model_spec
 from experiments.run_dir import RunDir, read_metrics
-from experiments.tasks import MODULAR_OPS, Task, modular_task, multitask, regression_task, two_tasks
+from experiments.seed001_model import Seed001Config
+from experiments.tasks import (
+    MODULAR_OPS,
+    Task,
+    division_sequence_task,
+    modular_task,
+    multitask,
+    regression_task,
+    two_tasks,
+)
 from interbasis import Callback, DataError
 
 
@@ -42,14 +51,14 @@ from interbasis import Callback, DataError
 class TrainConfig:
     """Everything that defines a run. Defaults: rib's mod-113 addition setting (full batch)."""
 
-    task: str = "add"  # a modular op, "multitask", "x2", "sin5x" or "two_tasks"
+    task: str = "add"  # a modular op, "multitask", "div_seq", "x2", "sin5x" or "two_tasks"
     p: int = 113
     frac_train: float = 0.3
     data_seed: int = 0
     nonzero: bool = False
     ops: list[str] = field(default_factory=lambda: ["add", "mul"])  # multitask only
     n_samples: int = 1024  # regression tasks
-    model: str = "transformer"  # or "mlp"
+    model: str = "transformer"  # or "mlp", "seed001"
     n_layers: int = 1
     d_model: int = 128
     n_heads: int = 4
@@ -117,6 +126,8 @@ class TrainResult:
 def build_task(cfg: TrainConfig) -> Task:
     if cfg.task in MODULAR_OPS:
         return modular_task(cfg.task, cfg.p, cfg.frac_train, cfg.data_seed, cfg.nonzero)
+    if cfg.task == "div_seq":  # seed 001's [x, op, y, eq] division sequences
+        return division_sequence_task(cfg.p, cfg.frac_train, cfg.data_seed)
     if cfg.task == "multitask":
         return multitask(cfg.ops, cfg.p, cfg.frac_train, cfg.data_seed, cfg.nonzero)
     if cfg.task in ("x2", "sin5x"):
@@ -124,7 +135,7 @@ def build_task(cfg: TrainConfig) -> Task:
     if cfg.task == "two_tasks":
         return two_tasks(n=cfg.n_samples, frac_train=cfg.frac_train, seed=cfg.data_seed)
     raise DataError(
-        f"unknown task {cfg.task!r}; expected {MODULAR_OPS} or multitask/x2/sin5x/two_tasks"
+        f"unknown task {cfg.task!r}; expected {MODULAR_OPS} or multitask/div_seq/x2/sin5x/two_tasks"
     )
 
 
@@ -139,12 +150,20 @@ def build_model_for(cfg: TrainConfig, task: Task) -> nn.Module:
         return build_model(
             TransformerConfig(n_ctx=info["n_ctx"], d_vocab=info["d_vocab"], **shared)
         )
+    if cfg.model == "seed001":
+        if "d_vocab" not in task.info:
+            raise DataError(f"task {task.name} has no tokens; use model='mlp'")
+        n_ctx = max(5, task.info["n_ctx"])  # the seed's position table has 5 rows
+        sizes = {name: getattr(cfg, name) for name in "n_layers d_model n_heads d_mlp".split()}
+        return build_model(
+            Seed001Config(d_vocab=task.info["d_vocab"], n_ctx=n_ctx, seed=cfg.seed, **sizes)
+        )
     if cfg.model == "mlp":
         if task.is_classification:
             raise DataError(f"task {task.name} is tokenised; use model='transformer'")
         d_in, d_out = task.info["d_in"], task.info["d_out"]
         return build_model(MLPConfig(d_in, cfg.d_hidden, d_out, cfg.act_fn, seed=cfg.seed))
-    raise DataError(f"unknown model {cfg.model!r}; expected 'transformer' or 'mlp'")
+    raise DataError(f"unknown model {cfg.model!r}; expected 'transformer', 'seed001' or 'mlp'")
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
