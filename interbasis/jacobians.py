@@ -15,6 +15,7 @@ from that one Jacobian instead of one per sample (also when sources were asked f
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -193,9 +194,11 @@ def section_jacobian_gram(
         J = _affine_on_all(section, batches(), out_map)
         if J is not None:
             Jd = J.to(torch.float64).reshape(-1, J.shape[-1])
+            _warn_unreached(section, J.to(torch.float64).pow(2).sum((0, 2)), J.shape[1])
             return SectionGram(Jd.T @ Jd / J.shape[1], J)
     acc: JacobianGramAccumulator | None = None
     spread = SourceSpread()
+    reach: torch.Tensor | None = None  # squared Jacobian norm per kept input position
     for b, x in enumerate(batches() if callable(batches) else batches):
         value, layout = section.capture_input(x)
         acts_in = section.input_positions(value)
@@ -208,6 +211,8 @@ def section_jacobian_gram(
                 mode=mode, memory_budget=memory_budget,
             ):  # fmt: skip
                 acc.update(chunk.grads)
+                r = chunk.grads.to(torch.float64).pow(2).sum((0, 1, 3))
+                reach = r if reach is None else reach + r
                 unit_spread(spread, chunk.out_units, chunk.units, chunk.grads.pow(2).sum((1, 2, 3)))
                 for consume in consumers or []:
                     consume(b, acts_in[chunk.samples], chunk)
@@ -216,8 +221,30 @@ def section_jacobian_gram(
         check_finite(acc.running_sum, f"Jacobians (towards {read!r})", inject, b)
     if acc is None:
         raise DataError("data holds no batches")
+    if reach is not None:
+        _warn_unreached(section, reach, int(reach.numel()))
     rse = spread.relative_standard_error if spread.total else 0.0
     return SectionGram(acc.value, None, rse)
+
+
+def _warn_unreached(section: Section, reach: torch.Tensor, p_in: int) -> None:
+    """Warn, naming them, about input positions whose Jacobian is exactly zero on the data:
+    they never reach the next node layer, yet their activations count in the Gram."""
+    dead = (reach == 0).nonzero().flatten().tolist()
+    if not dead or len(dead) == p_in:
+        return
+    live = [i for i in range(p_in) if i not in dead]
+    if section.keep_in is not None:  # indices into the kept positions, as the user gave them
+        given = list(section.keep_in)
+        dead, live = [given[i] for i in dead], [given[i] for i in live]
+    hint = f"keep_positions={{{section.inject[0]!r}: {live}}}"
+    warnings.warn(
+        f"positions {dead} of node layer {section.inject[0]!r} never reach "
+        f"{section.read[0]!r} (their Jacobian is exactly zero on the data) but are pooled in its "
+        f"Gram; keep only the positions that do, e.g. {hint}",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 def _affine_on_all(

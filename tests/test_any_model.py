@@ -274,5 +274,9 @@ def test_kept_positions_equal_a_model_cut_to_those_positions() -> None:
         np.testing.assert_allclose(a.eigenvalues, b.eigenvalues, rtol=1e-10)
     for a, b in zip(kept.edges, cut.edges, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14 * b.max())
+    # without the selection the toolkit names the positions that never reach the output
+    with pytest.warns(UserWarning, match=r"positions \[0, 1, 2\] of node layer 'second' never "
+                      r"reach 'output'.*keep_positions=\{'second': \[3\]\}"):  # fmt: skip
+        ib.build_graph(Full().eval(), x, layers, progress=False)
     with pytest.raises(DataError, match="the layer has 4 positions"):
         ib.build_graph(Full().eval(), x, layers, keep_positions={"second": [7]}, progress=False)
