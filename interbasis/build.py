@@ -27,7 +27,7 @@ from interbasis.data import check_data, iter_batches
 from interbasis.errors import DataError, NodeLayerError
 from interbasis.grams import GramAccumulator, check_finite
 from interbasis.jacobians import DEFAULT_MEMORY_BUDGET, section_jacobian_gram
-from interbasis.section import MODES, Mode, Section
+from interbasis.section import MODES, Mode, Section, position_mask
 from interbasis.sources import Sources, check_keep, check_sources
 
 BasisKind = Literal["interaction", "pca", "neuron"]
@@ -266,7 +266,15 @@ def accumulate_activation_grams(run: Run, check_cuts: bool = True) -> dict[str, 
         with torch.no_grad():
             acts, layouts = capture(run.model, x, run.modules, run.output, run.feature_dims)
         for name, a in acts.items():
+            mask = position_mask(x, as_positions(a).shape[1])
             a = run.kept(name, a)
+            if mask is not None:  # attention_mask zeros: padding, not samples
+                if name in run.keep_positions:
+                    keep = check_keep(
+                        torch.as_tensor(run.keep_positions[name]), mask.shape[1], name
+                    )
+                    mask = mask[:, keep.to(mask.device)]
+                a = a[mask]
             check_finite(a, "activations", name, b)
             if name not in grams:
                 grams[name] = GramAccumulator(a.shape[-1], device=a.device)

@@ -124,7 +124,11 @@ class SquaredEdges:
             self._batch = batch
         if chunk.units.start == 0 or self._f_hat is None:  # new samples: their coordinates
             self._f_hat = as_positions(self.basis_in.transform(acts_in)).to(chunk.grads.dtype)
-            self.count += self._f_hat.shape[0] * self._f_hat.shape[1]
+            if chunk.in_mask is not None:  # padding positions are no samples
+                self._f_hat = self._f_hat * chunk.in_mask[..., None].to(self._f_hat)
+                self.count += int(chunk.in_mask.sum())
+            else:
+                self.count += self._f_hat.shape[0] * self._f_hat.shape[1]
             self._pinv = _nonconstant_pinv(self.basis_in).to(chunk.grads)
             self.E = self.E.to(chunk.grads.device)
         g_hat = chunk.grads @ self._pinv.T  # (c, b, P_in, n_in): d out_unit / d f_hat

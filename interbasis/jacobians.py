@@ -204,7 +204,10 @@ def section_jacobian_gram(
         acts_in = section.input_positions(value)
         if acc is None:
             acc = JacobianGramAccumulator(value.shape[-1], device=value.device)
-        acc.add_samples(acts_in.shape[0] * acts_in.shape[1])
+        mask = section.input_mask(x, value)
+        acc.add_samples(
+            int(mask.sum()) if mask is not None else acts_in.shape[0] * acts_in.shape[1]
+        )
         with torch.no_grad():
             for chunk in section.jacobians(
                 x, value, layout, out_map, sources=sources, batch=b, stream=STREAM_M,
@@ -258,6 +261,9 @@ def _affine_on_all(
     J: torch.Tensor | None = None
     for b, x in enumerate(batches):
         value, layout = section.capture_input(x)
+        mask = section.input_mask(x, value)
+        if mask is not None and not bool(mask.all()):
+            return None  # padding: per-sample position sets (the general path handles them)
         with torch.no_grad():
             if J is None and not _same_jvp_at_every_sample(section, x, value, layout):
                 return None  # nonlinear: decided by one JVP, before any Jacobian

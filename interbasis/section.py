@@ -65,12 +65,14 @@ class JacobianChunk:
     units : the output units (indices into ``out_units``).
     grads : ``(len(units), len(samples), P_in, d_in)`` at the kept input positions.
     out_units : the batch's output units (factors, node and source-sample of each unit).
+    in_mask : ``(len(samples), P_in)`` bool, the real (non-padding) input positions, or None.
     """
 
     samples: slice
     units: slice
     grads: torch.Tensor
     out_units: OutputUnits
+    in_mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -135,6 +137,13 @@ class Section:
             return None
         return check_keep(torch.as_tensor(list(self.keep_out)), p_out, self.read[0])
 
+    def input_mask(self, x: Any, acts: torch.Tensor) -> torch.Tensor | None:
+        """``(batch, P_kept)`` bool real positions of ``inject`` (``attention_mask``), or None."""
+        a = as_positions(acts)
+        mask = position_mask(x, a.shape[1])
+        kept = self.kept_in(a.shape[1])
+        return mask if mask is None or kept is None else mask[:, kept.to(mask.device)]
+
     def input_positions(self, acts: torch.Tensor) -> torch.Tensor:
         """``(batch, P_kept, d)``: activations of ``inject`` at its kept positions."""
         a = as_positions(acts)
@@ -162,6 +171,12 @@ class Section:
         NodeLayerError
             Naming both node layers, when the section is not a cut.
         """
+        mask = position_mask(x, as_positions(acts_in).shape[1])
+        if mask is not None and not bool((mask == mask[:1]).all()):
+            # padding: the attention mask is an input of the section too, so only samples
+            # with the same mask may swap activations
+            same = (mask == mask[:1]).all(1).nonzero().flatten()
+            x, acts_in, acts_out = _slice_inputs(x, same), acts_in[same], acts_out[same]
         if batch_size_of(x) < 2:
             return False
         rolled = torch.roll(acts_in, 1, dims=0)
@@ -233,6 +248,10 @@ class Section:
         units = self.output_units(out_map, p_out[0], sources, batch, stream)
         v = as_positions(value)
         kept = self.kept_in(v.shape[1])
+        in_mask, out_mask = position_mask(x, v.shape[1]), position_mask(x, p_out[0])
+        if in_mask is not None and kept is not None:
+            in_mask = in_mask[:, kept.to(in_mask.device)]
+        masks = (in_mask, out_mask)
         n_in = (v.shape[1] if kept is None else len(kept)) * v.shape[-1]
         use_jvp = mode == "jvp" or (mode == "auto" and n_in < units.n_units)
         # small passes run on one thread (performance.single_thread)
@@ -243,7 +262,7 @@ class Section:
             warnings.filterwarnings("once", message=".*not yet implemented the batching rule")
             if use_jvp and not (mode == "auto" and self._jvp_failed):
                 try:
-                    yield from self._jvp_chunks(x, value, layout, units, kept, memory_budget)
+                    yield from self._jvp_chunks(x, value, layout, units, kept, memory_budget, masks)
                     return
                 except (NotImplementedError, RuntimeError) as err:
                     if mode == "jvp":
@@ -254,7 +273,7 @@ class Section:
                         ) from err
                     log.info("forward mode failed on section %s (%s); using VJPs", self.name, err)
                     self._jvp_failed = True
-            yield from self._vjp_chunks(x, value, layout, units, kept, memory_budget)
+            yield from self._vjp_chunks(x, value, layout, units, kept, memory_budget, masks)
 
     def _output_positions(
         self, x: Any, value: torch.Tensor, layout: InputLayout
@@ -275,18 +294,25 @@ class Section:
         units: OutputUnits,
         kept: torch.Tensor | None,
         memory_budget: int,
+        masks: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
     ) -> Iterator[JacobianChunk]:
+        in_mask, out_mask = masks
         out, vjp_fn = torch.func.vjp(self.fn(x, layout), value)[:2]
         b = value.shape[0]
         chunk = units_per_chunk(b, value[0].numel(), out[0].numel(), units.n_units, memory_budget)
         batched_vjp = torch.func.vmap(vjp_fn)
         for start in range(0, units.n_units, chunk):
             idx = torch.arange(start, min(start + chunk, units.n_units), device=out.device)
-            (grads,) = batched_vjp(units.cotangents(idx, out))
+            cot = units.cotangents(idx, out)
+            if out_mask is not None:  # padding outputs are no units
+                cot = cot * out_mask[None, :, :, None].to(cot)
+            (grads,) = batched_vjp(cot)
             grads = grads.reshape(len(idx), b, -1, value.shape[-1])
             if kept is not None:
                 grads = grads[:, :, kept.to(grads.device)]
-            yield JacobianChunk(slice(0, b), slice(start, start + len(idx)), grads, units)
+            if in_mask is not None:  # nor are padding inputs samples
+                grads = grads * in_mask[None, :, :, None].to(grads)
+            yield JacobianChunk(slice(0, b), slice(start, start + len(idx)), grads, units, in_mask)
 
     def _jvp_chunks(
         self,
@@ -296,8 +322,10 @@ class Section:
         units: OutputUnits,
         kept: torch.Tensor | None,
         memory_budget: int,
+        masks: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
     ) -> Iterator[JacobianChunk]:
         """Columns of the Jacobian by forward mode, over sub-batches sized to the budget."""
+        in_mask, out_mask = masks
         b, d = value.shape[0], value.shape[-1]
         p_in = as_positions(value).shape[1]
         positions = torch.arange(p_in) if kept is None else kept.cpu()
@@ -328,6 +356,8 @@ class Section:
                 tangents[torch.arange(len(idx)), :, s, j] = 1.0
                 tangents = tangents.to(value.device).reshape(len(idx), *vs.shape)
                 jv = batched_jvp(tangents)  # (c, nb, P_out, d_out)
+                if out_mask is not None:
+                    jv = jv * out_mask[sl][None, :, :, None].to(jv)
                 y = torch.einsum("cbto,pt,oq->cbpq", jv, pos, dirs)
                 cols[start : start + len(idx)] = y.reshape(len(idx), nb, n_units)
                 start += len(idx)
@@ -335,10 +365,24 @@ class Section:
                     numel_out = jv[0, 0].numel()
                     chunk = units_per_chunk(nb, vs[0].numel(), numel_out, n_in, memory_budget)
             grads = cols.reshape(len(positions), d, nb, n_units).permute(3, 2, 0, 1)
-            yield JacobianChunk(sl, slice(0, n_units), grads, units)
+            m = in_mask[sl] if in_mask is not None else None
+            if m is not None:
+                grads = grads * m[None, :, :, None].to(grads)
+            yield JacobianChunk(sl, slice(0, n_units), grads, units, m)
 
 
-def _slice_inputs(x: Any, sl: slice) -> Any:
+def position_mask(x: Any, p: int) -> torch.Tensor | None:
+    """``(batch, p)`` bool: the real positions of a batch given with an ``attention_mask``
+    (zeros mark padding, "not a sample"), when the layer's positions are the tokens'."""
+    if not isinstance(x, Mapping):
+        return None
+    mask = x.get("attention_mask")
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 2 or mask.shape[1] != p:
+        return None
+    return mask != 0
+
+
+def _slice_inputs(x: Any, sl: slice | torch.Tensor) -> Any:
     if isinstance(x, Mapping):
         return {k: v[sl] if isinstance(v, torch.Tensor) else v for k, v in x.items()}
     return x[sl]

@@ -23,7 +23,7 @@ LAYERS = ["transformer.h.0", "transformer.h.1", "transformer.ln_f", "output"]
 
 def _gpt2(attn: str = "sdpa") -> nn.Module:
     cfg = transformers.GPT2Config(
-        n_layer=2, n_embd=32, n_head=4, vocab_size=50, n_positions=8, bos_token_id=0,
+        n_layer=2, n_embd=32, n_head=4, vocab_size=50, n_positions=12, bos_token_id=0,
         eos_token_id=0,
     )  # fmt: skip
     cfg._attn_implementation = attn
@@ -86,3 +86,38 @@ def test_default_output_is_the_logits_of_every_position(tokens) -> None:
         warnings.simplefilter("ignore", UserWarning)
         g = ib.build_graph(_gpt2(), tokens[:8], ["transformer.ln_f", "output"], progress=False)
     assert g.layers[-1].size == 50  # the vocabulary: ModelOutput.logits
+
+
+def test_padding_positions_change_nothing(tokens) -> None:
+    """Right padding with attention_mask zeros: the padded positions are not samples, so the
+    graph equals the graph of the unpadded sequences (causal attention never reads them)."""
+    model = _gpt2()
+    padded = torch.cat([tokens, torch.zeros(len(tokens), 2, dtype=tokens.dtype)], dim=1)
+    mask = torch.ones_like(padded)
+    mask[:, 8:] = 0
+    mask[::2, 8:] = 1  # half of the sequences are real up to 10 tokens: a mixed batch
+    padded[::2, 8:] = 3
+    keep = {"transformer.ln_f": [7]}
+    last = lambda o: o.logits[:, 7]  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        plain = ib.build_graph(model, {"input_ids": tokens}, LAYERS, output=last,
+                               keep_positions=keep, batch_size=8, progress=False)  # fmt: skip
+        odd = {"input_ids": padded[1::2, :8], "attention_mask": mask[1::2, :8]}
+        g_pad = ib.build_graph(model, {"input_ids": padded[1::2], "attention_mask": mask[1::2]},
+                               LAYERS, output=last, keep_positions=keep, batch_size=8,
+                               progress=False)  # fmt: skip
+        g_odd = ib.build_graph(model, odd, LAYERS, output=last, keep_positions=keep,
+                               batch_size=8, progress=False)  # fmt: skip
+        mixed = ib.build_graph(
+            model,
+            {"input_ids": padded, "attention_mask": mask},
+            LAYERS,
+            output=last,
+            keep_positions=keep,
+            batch_size=8,
+            progress=False,
+        )
+    _same(g_pad, g_odd, rtol=1e-8)  # two padding positions on every sequence: no change
+    assert mixed.metadata["n_samples"] == plain.metadata["n_samples"] == 24
+    assert plain.layers[0].size > 0
