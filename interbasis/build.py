@@ -29,9 +29,9 @@ from interbasis.grams import GramAccumulator, check_finite
 from interbasis.jacobians import DEFAULT_MEMORY_BUDGET, section_jacobian_gram
 from interbasis.section import MODES, Mode, Section, position_mask
 from interbasis.sources import Sources, check_keep, check_sources
+from interbasis.train_mode import TrainMode, check_train_mode, needs_eval_copy
 
 BasisKind = Literal["interaction", "pca", "neuron"]
-TrainMode = Literal["eval", "error", "keep"]
 KeepPositions = dict[str, Sequence[int]] | None
 FeatureDim = int | dict[str, int] | None
 
@@ -208,8 +208,7 @@ def prepare(
     check_int("memory_budget", memory_budget, minimum=1024, allow_none=False)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if train_mode not in ("eval", "error", "keep"):
-        raise ValueError(f'train_mode must be "eval", "error" or "keep", got {train_mode!r}')
+    check_train_mode(train_mode)
     if output is not None and not callable(output):
         raise TypeError(f"output must be a callable (return value -> tensor), got {output!r}")
     sources = check_sources(sources, "sources")
@@ -225,24 +224,11 @@ def prepare(
     float_dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     dtype_ = dtype if dtype is not None else (min(float_dtypes, key=str) if float_dtypes else
                                               torch.float32)  # fmt: skip
-    if model.training and train_mode == "error":
-        raise DataError(
-            f"the model ({type(model).__name__}) is in train mode: dropout and batch norm make "
-            "the analysed function random or batch-dependent; call model.eval(), or pass "
-            'train_mode="eval" to analyse the eval-mode function of a copy'
-        )
-    if current != target or float_dtypes - {dtype_} or model.training:
-        model_copy = _move(model, target, dtype_)
-        if model.training and train_mode == "eval":
-            warnings.warn(
-                f"the model ({type(model).__name__}) is in train mode; analysing its eval-mode "
-                "function (dropout off, batch-norm running statistics) on a copy. Call "
-                'model.eval() to silence this, or pass train_mode="keep" / "error"',
-                UserWarning,
-                stacklevel=3,
-            )
-            model_copy.eval()
-        model = model_copy
+    eval_copy = needs_eval_copy(model, train_mode, "interaction basis")
+    if current != target or float_dtypes - {dtype_} or eval_copy:
+        model = _move(model, target, dtype_)
+        if eval_copy:
+            model.eval()
     modules = resolve_node_layers(model, node_layers)
     keep = _keep_positions(keep_positions, list(modules))
     return Run(

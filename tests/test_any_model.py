@@ -280,3 +280,29 @@ def test_kept_positions_equal_a_model_cut_to_those_positions() -> None:
         ib.build_graph(Full().eval(), x, layers, progress=False)
     with pytest.raises(DataError, match="the layer has 4 positions"):
         ib.build_graph(Full().eval(), x, layers, keep_positions={"second": [7]}, progress=False)
+
+
+def test_curvature_entry_points_follow_the_train_mode_policy() -> None:
+    """Hessian, HVP operator and Lanczos: eval-mode copy with a warning, deterministic,
+    the model untouched; train_mode="error" refuses (one policy with build_graph)."""
+    from interbasis.curvature import HessianOperator, hessian_matrix, lanczos
+    from interbasis.curvature.objective import Objective
+
+    torch.manual_seed(0)
+    net = BNNet().double().train()
+    x, y = torch.randn(32, 3, dtype=torch.float64), torch.randn(32, 2, dtype=torch.float64)
+    before = _state(net)
+    loss = nn.MSELoss()
+    with pytest.warns(UserWarning, match="eval-mode function"):
+        H1 = hessian_matrix(net, loss, (x, y))
+    with pytest.warns(UserWarning, match="eval-mode function"):
+        H2 = hessian_matrix(net, loss, (x, y))
+    torch.testing.assert_close(H1, H2, rtol=0, atol=0)
+    with pytest.warns(UserWarning, match="eval-mode function"):
+        op = HessianOperator(net, loss, (x, y))
+    top = [lanczos(op, 3, v0=np.ones(op.shape[0])).values for _ in range(2)]
+    torch.testing.assert_close(top[0], top[1], rtol=1e-10, atol=0)
+    torch.testing.assert_close(top[0], torch.linalg.eigvalsh(H1).flip(0)[:3], rtol=1e-8, atol=0)
+    assert net.training and _unchanged(net, before)
+    with pytest.raises(DataError, match="is in train mode"):
+        Objective(net, loss, (x, y), train_mode="error")

@@ -22,6 +22,7 @@ from torch.func import functional_call
 
 from interbasis.curvature.params import ParamLayout
 from interbasis.errors import DataError, ShapeError
+from interbasis.train_mode import TrainMode, analysed_model
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -72,6 +73,9 @@ class Objective:
         Parameter names to differentiate; default all with ``requires_grad=True``.
     dtype : torch.dtype
         Dtype of every evaluation (float64 default).
+    train_mode : {"eval", "error", "keep"}
+        A model in train mode is analysed as an eval-mode copy (default, with a warning),
+        refused, or kept (:mod:`interbasis.train_mode`).
     """
 
     def __init__(
@@ -82,7 +86,9 @@ class Objective:
         params: Sequence[str] | None = None,
         dtype: torch.dtype = torch.float64,
         layout: ParamLayout | None = None,
+        train_mode: TrainMode = "eval",
     ) -> None:
+        model = analysed_model(model, train_mode, "curvature")
         self.model = model
         self.loss_fn = loss_fn
         self.dtype = dtype
