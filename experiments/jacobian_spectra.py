@@ -210,8 +210,12 @@ def measure(model: nn.Module, x: torch.Tensor, s: Settings, depth: int) -> dict[
     names = [f"layers.{l}" for l in range(1, depth + 1)]
     for kind in ("interaction", "pca"):
         # global scope: M^l from the model output's functions, i.e. E[J_{l:L}^T J_{l:L}]
-        scope = "global" if kind == "interaction" else "local"  # PCA has no M: no scope
-        bases = ib.build_bases(model, x, [*names, "output"], kind, scope=scope, progress=False)
+        # (PCA has no M, so no global scope)
+        if kind == "interaction":
+            bases = ib.build_bases(model, x, [*names, "output"], kind, scope="global",
+                                   progress=False)  # fmt: skip
+        else:
+            bases = ib.build_bases(model, x, [*names, "output"], kind, progress=False)
         angles = interaction_basis_angles(jac, bases[:-1], k=s.link_k)
         out[f"angles_deg_{kind}"] = [float(np.degrees(angles[n].mean())) for n in names]
         if kind == "interaction":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,11 +25,26 @@ from interbasis.capture import (
     resolve_node_layers,
 )
 from interbasis.data import check_data, iter_batches
+from interbasis.distributed import Shard, SplitOver, get_shard
 from interbasis.errors import DataError, NodeLayerError
 from interbasis.grams import GramAccumulator, check_finite
-from interbasis.jacobians import DEFAULT_MEMORY_BUDGET, section_jacobian_gram
+from interbasis.jacobians import (
+    DEFAULT_MEMORY_BUDGET,
+    Consumer,
+    SectionGram,
+    section_jacobian_gram,
+)
 from interbasis.section import MODES, Mode, Section, position_mask
 from interbasis.sources import Sources, check_keep, check_sources
+from interbasis.stage_cache import (
+    CacheDir,
+    StageCache,
+    basis_stage,
+    gram_state,
+    open_cache,
+    restore_gram,
+    stage,
+)
 from interbasis.train_mode import TrainMode, check_train_mode, needs_eval_copy
 
 BasisKind = Literal["interaction", "pca", "neuron"]
@@ -57,6 +73,9 @@ class Run:
     n_samples: int = 0
     #: relative standard error of tr M per node layer (stochastic sources)
     estimator_error: dict[str, float | None] = field(default_factory=dict)
+    #: this process's part of a distributed build, and the stage cache (or None)
+    shard: Shard = field(default_factory=Shard)
+    cache: StageCache | None = None
 
     @property
     def names(self) -> list[str]:
@@ -83,6 +102,7 @@ class Run:
         return Section(
             self.model, self.injectable(lo), self.module(hi), self.output,
             self.keep_positions.get(lo), self.keep_positions.get(hi), self.feature_dims,
+            rank=self.shard.seed_rank,
         )  # fmt: skip
 
     def kept(self, name: str, acts: torch.Tensor) -> torch.Tensor:
@@ -179,6 +199,9 @@ def prepare(
     mode: Mode = "auto",
     train_mode: TrainMode = "eval",
     feature_dim: FeatureDim = None,
+    process_group: Any = None,
+    split_over: SplitOver = "data",
+    cache_dir: str | os.PathLike[str] | CacheDir | None = None,
 ) -> Run:
     """Validate inputs and return a :class:`Run` with a private copy of the model if needed.
 
@@ -191,6 +214,10 @@ def prepare(
     eval-mode function of a copy is analysed, with a warning that says so;
     ``train_mode="error"`` refuses such a model; ``"keep"`` analyses it as it is (deterministic
     train-mode models only).
+
+    ``process_group`` / ``split_over`` give the run its :class:`interbasis.distributed.Shard`;
+    ``cache_dir`` opens a :class:`interbasis.stage_cache.StageCache` keyed by the prepared
+    model, the data and the options that shape every stage.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -231,10 +258,16 @@ def prepare(
             model.eval()
     modules = resolve_node_layers(model, node_layers)
     keep = _keep_positions(keep_positions, list(modules))
-    return Run(
+    run = Run(
         model, data, modules, dtype_, target, batch_size, progress, memory_budget, output,
         keep, sources, mode, _feature_dims(feature_dim, list(modules)),
+        shard=get_shard(process_group, split_over),
     )  # fmt: skip
+    options = {"node_layers": list(modules), "keep": keep, "dtype": str(dtype_),
+               "output": output, "batch_size": batch_size,
+               "feature_dims": run.feature_dims}  # fmt: skip
+    run.cache = open_cache(cache_dir, model, run.batches, options, run.shard)
+    return run
 
 
 def accumulate_activation_grams(run: Run, check_cuts: bool = True) -> dict[str, GramAccumulator]:
@@ -243,11 +276,37 @@ def accumulate_activation_grams(run: Run, check_cuts: bool = True) -> dict[str, 
     With ``check_cuts`` the first batch with two distinct samples also verifies that
     consecutive node layers are sections of the forward pass
     (:meth:`interbasis.section.Section.check_cut`); a warning says when no batch could.
+    Distributed: each rank reads its shard and the Grams are merged over ranks; with a stage
+    cache they are read from it when present.
     """
+
+    def compute(_: Any) -> dict[str, Any]:
+        with run.shard.stage("activation Grams"):
+            grams, cuts_checked = _activation_grams(run, check_cuts)
+        if check_cuts and not run.shard.any(cuts_checked) and len(run.names) > 1:
+            warnings.warn(
+                "could not check that the node layers are sections of the forward pass: no "
+                "batch had two samples with different activations at every node layer (use "
+                "batches of at least two samples)",
+                UserWarning,
+                stacklevel=4,
+            )
+        run.grams = run.shard.reduce_grams(grams, run.names, run.device)
+        run.n_samples = run.shard.count(run.n_samples)
+        return {"n": run.n_samples, "grams": {k: gram_state(g) for k, g in run.grams.items()}}
+
+    value, fresh = stage(run.cache, "grams", {"check_cuts": check_cuts}, compute)
+    if not fresh:
+        run.n_samples = int(value["n"])
+        run.grams = {k: restore_gram(g, run.device) for k, g in value["grams"].items()}
+    return run.grams
+
+
+def _activation_grams(run: Run, check_cuts: bool) -> tuple[dict[str, GramAccumulator], bool]:
     grams: dict[str, GramAccumulator] = {}
     run.n_samples = 0
     cuts_checked = False
-    for b, x in enumerate(run.batches("activation Grams")):
+    for b, x in enumerate(run.shard.batches(run.batches("activation Grams"))):
         run.n_samples += batch_size_of(x)
         with torch.no_grad():
             acts, layouts = capture(run.model, x, run.modules, run.output, run.feature_dims)
@@ -276,21 +335,41 @@ def accumulate_activation_grams(run: Run, check_cuts: bool = True) -> dict[str, 
                     run.section(lo, hi).check_cut(x, acts[lo], layouts[lo], acts[hi])
                     for lo, hi in itertools.pairwise(run.names)
                 )
-    if check_cuts and not cuts_checked and len(run.names) > 1:
-        warnings.warn(
-            "could not check that the node layers are sections of the forward pass: no batch "
-            "had two samples with different activations at every node layer (use batches of "
-            "at least two samples)",
-            UserWarning,
-            stacklevel=3,
-        )
-    run.grams = grams
-    return grams
+    return grams, cuts_checked
 
 
 def node_map(basis: Basis) -> torch.Tensor:
     """The part of ``C`` acting on the activations, non-constant nodes only ``(d, k)``."""
     return basis.C[:-1, 1:] if basis.has_constant else basis.C
+
+
+def section_gram(
+    run: Run, name: str, target: str, out_map: torch.Tensor, consumers: list[Consumer] | None = None
+) -> tuple[SectionGram, bool]:
+    """M of node layer ``name`` towards ``target`` (all-reduced over ranks; from the stage
+    cache when there), and whether it was computed here from the first batch (only then were
+    the ``consumers`` called on every Jacobian)."""
+
+    def compute(partial_sums: Any) -> dict[str, Any]:
+        r = section_jacobian_gram(
+            run.section(name, target), partial(run.batches, f"M {name}"), out_map,
+            run.memory_budget, consumers=consumers, sources=run.sources, mode=run.mode,
+            shard=run.shard, partial_sums=partial_sums,
+        )  # fmt: skip
+        affine = r.affine.cpu() if r.affine is not None else None
+        return {"M": r.M.cpu(), "affine": affine, "rse": r.relative_standard_error}
+
+    sources = run.sources.as_dict() if run.sources is not None else None
+    parts = {"name": name, "target": target, "out_map": out_map, "sources": sources,
+             "mode": run.mode}  # fmt: skip
+    v, fresh = stage(run.cache, f"M {name}", parts, compute)
+    affine = v["affine"].to(run.device) if v["affine"] is not None else None
+    return SectionGram(v["M"].to(run.device), affine, v["rse"]), fresh
+
+
+def basis_parts(run: Run, name: str, M: torch.Tensor | None, **options: Any) -> dict[str, Any]:
+    """What a node layer's basis depends on: its Gram, its M and the basis options."""
+    return {"name": name, "gram": gram_state(run.grams[name]), "M": M, **options}
 
 
 def final_basis_of(run: Run, name: str, kind: str, center: bool, truncation: Truncation) -> Basis:
@@ -325,6 +404,9 @@ def build_bases(
     keep_positions: KeepPositions = None,
     train_mode: TrainMode = "eval",
     feature_dim: FeatureDim = None,
+    process_group: Any = None,
+    split_over: SplitOver = "data",
+    cache_dir: str | os.PathLike[str] | CacheDir | None = None,
 ) -> list[Basis]:
     """Bases of every node layer, computed from the output layer backwards.
 
@@ -361,6 +443,13 @@ def build_bases(
     feature_dim : the feature axis of the node layers' inputs, an int or
         ``{node_layer: int}`` (default: last; channels for the inputs of convolutions,
         batch norm and pooling, whose spatial axes become positions).
+    process_group : ``torch.distributed`` group to split the work over (default: the
+        initialised default group, if any); every rank returns the same bases
+        (:mod:`interbasis.distributed`, docs/distributed.md).
+    split_over : ``"data"`` (each rank a shard of the batches) or ``"units"`` (each rank a
+        slice of the output units of every section; rib's ``dist_split_over: out_dim``).
+    cache_dir : directory (or :class:`interbasis.stage_cache.CacheDir`) where finished stages
+        and partial sums are kept; a rerun skips finished stages (:mod:`interbasis.stage_cache`).
 
     Returns
     -------
@@ -379,7 +468,8 @@ def build_bases(
         model, data, node_layers, dtype=dtype, device=device, batch_size=batch_size,
         progress=progress, memory_budget=memory_budget, output=output,
         keep_positions=keep_positions, sources=sources, mode=mode, train_mode=train_mode,
-        feature_dim=feature_dim,
+        feature_dim=feature_dim, process_group=process_group, split_over=split_over,
+        cache_dir=cache_dir,
     )  # fmt: skip
     accumulate_activation_grams(run, check_cuts=basis == "interaction")
     bases = bases_for_run(run, basis, center, fold_bias, truncation, scope, final_basis)
@@ -436,7 +526,11 @@ def bases_for_run(
 ) -> list[Basis]:
     """Bases from the Grams already on ``run``, output layer first (see :func:`build_bases`)."""
     names = run.names
-    last = final_basis_of(run, names[-1], final_basis, center, truncation)
+    last = basis_stage(
+        run.cache, basis_parts(run, names[-1], None, final=final_basis, center=center,
+                               truncation=truncation),
+        lambda: final_basis_of(run, names[-1], final_basis, center, truncation), run.device,
+    )  # fmt: skip
     bases: dict[str, Basis] = {names[-1]: last}
     for i in range(len(names) - 2, -1, -1):
         name = names[i]
@@ -450,15 +544,16 @@ def bases_for_run(
             )
         else:
             target = names[i + 1] if scope == "local" else names[-1]
-            section = section_jacobian_gram(
-                run.section(name, target), partial(run.batches, f"M {name}"),
-                node_map(bases[target]), run.memory_budget, sources=run.sources, mode=run.mode,
-            )  # fmt: skip
+            section, _ = section_gram(run, name, target, node_map(bases[target]))
             M = section.M
             run.estimator_error[name] = section.relative_standard_error
-            bases[name] = interaction_basis(
-                name, g.mean, gram, M, center=center, fold_bias=fold_bias, truncation=truncation
-            )
+            bases[name] = basis_stage(
+                run.cache, basis_parts(run, name, M, center=center, fold_bias=fold_bias,
+                                       truncation=truncation),
+                partial(interaction_basis, name, g.mean, gram, M, center=center,
+                        fold_bias=fold_bias, truncation=truncation),
+                run.device,
+            )  # fmt: skip
     return [bases[n] for n in names]
 
 

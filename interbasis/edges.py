@@ -36,6 +36,7 @@ import torch
 
 from interbasis.basis import Basis
 from interbasis.capture import InputLayout, as_positions
+from interbasis.distributed import Shard
 from interbasis.errors import DataError, NonFiniteError
 from interbasis.jacobians import (
     DEFAULT_MEMORY_BUDGET,
@@ -119,10 +120,12 @@ class SquaredEdges:
     def add(self, batch: int, acts_in: torch.Tensor, chunk: JacobianChunk) -> None:
         if not chunk.out_units.per_node:
             raise ValueError("squared edges need exact output directions (no hidden sources)")
-        if batch != self._batch:
+        new_batch = batch != self._batch
+        if new_batch:
             self.spread.end_batch()
             self._batch = batch
-        if chunk.units.start == 0 or self._f_hat is None:  # new samples: their coordinates
+        # new samples (a new batch, or a new slice of it in forward mode): their coordinates
+        if new_batch or chunk.units.start == 0 or self._f_hat is None:
             self._f_hat = as_positions(self.basis_in.transform(acts_in)).to(chunk.grads.dtype)
             if chunk.in_mask is not None:  # padding positions are no samples
                 self._f_hat = self._f_hat * chunk.in_mask[..., None].to(self._f_hat)
@@ -159,23 +162,28 @@ def squared_edges(
     sources: Sources | None = None,
     mode: Mode = "auto",
     accumulator: SquaredEdges | None = None,
+    shard: Shard | None = None,
 ) -> np.ndarray:
     """Squared integrated-gradient edges at alpha = 1 (DESIGN §4), ``(n_out, n_in)``.
 
     With ``sources=Sources(positions=S)`` the output positions are combined by ``S``
     Rademacher sources per batch: an unbiased estimate (:mod:`interbasis.sources`).
+    ``shard``: this rank's batches or output units; the sums are all-reduced at the end.
     """
     acc = accumulator if accumulator is not None else SquaredEdges(basis_in, basis_out)
     omap = _out_nodes(basis_out)[0]
-    for b, x in enumerate(batches):
-        f, layout, _ = _inputs(section, x, basis_in)
-        acts_in = section.input_positions(f)
-        with torch.no_grad():
-            for chunk in section.jacobians(
-                x, f, layout, omap, sources=sources, batch=b, stream=STREAM_EDGES, mode=mode,
-                memory_budget=memory_budget,
-            ):  # fmt: skip
-                acc.add(b, acts_in[chunk.samples], chunk)
+    shard = shard if shard is not None else Shard()
+    with shard.stage(f"edges {section.inject[0]}"):
+        for b, x in enumerate(shard.batches(batches)):
+            f, layout, _ = _inputs(section, x, basis_in)
+            acts_in = section.input_positions(f)
+            with torch.no_grad():
+                for chunk in section.jacobians(
+                    x, f, layout, omap, sources=sources, batch=b, stream=STREAM_EDGES,
+                    mode=mode, memory_budget=memory_budget, unit_split=shard.unit_split,
+                ):  # fmt: skip
+                    acc.add(b, acts_in[chunk.samples], chunk)
+    shard.reduce_squared_edges(acc)
     return acc.value(section.inject[0])
 
 
@@ -204,12 +212,14 @@ def functional_edges(
     basis_out: Basis,
     n_points: int = 16,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    shard: Shard | None = None,
 ) -> np.ndarray:
     """Functional (alpha-integrated) edges, signed, ``(n_out, n_in)``; see module docstring.
 
     The path keeps the constant node at 1 and scales the other nodes by alpha:
     ``f(alpha) = f - (1 - alpha) (f_hat_{1:} @ C_pinv_{1:})``, so alpha = 1 is the actual
     activation and alpha = 0 its mean (plus whatever lies outside the basis).
+    ``shard``: this rank's batches (when ranks split output units, every rank computes all).
     """
     alphas, weights = gauss_legendre(n_points)
     omap, first = _out_nodes(basis_out)
@@ -219,28 +229,32 @@ def functional_edges(
     lo = 1 if basis_in.has_constant else 0
     if section.keep_in is not None or section.keep_out is not None:
         raise ValueError('edges="functional" does not support keep_positions; use "squared"')
-    for x in batches:
-        f, layout, f_hat = _inputs(section, x, basis_in)
-        pinv = _nonconstant_pinv(basis_in).to(f.device, f.dtype)
-        E = E.to(f.device)
-        om = omap.to(f.device, f.dtype)
-        count += f_hat.shape[0] * f_hat.shape[1]
-        fn = section.fn(x, layout)
-        centred = (f_hat[..., lo:] @ pinv[lo:]).reshape(f.shape)  # f - mean, in the basis span
-        with torch.no_grad():
-            out_1 = fn(f) @ om  # (b, P_out, k)
-        for alpha, w in zip(alphas, weights, strict=True):
-            f_alpha = f - (1.0 - float(alpha)) * centred
+    shard = shard if shard is not None else Shard()
+    with shard.stage(f"functional edges {section.inject[0]}"):
+        for x in shard.batches(batches):
+            f, layout, f_hat = _inputs(section, x, basis_in)
+            pinv = _nonconstant_pinv(basis_in).to(f.device, f.dtype)
+            E = E.to(f.device)
+            om = omap.to(f.device, f.dtype)
+            count += f_hat.shape[0] * f_hat.shape[1]
+            fn = section.fn(x, layout)
+            centred = (f_hat[..., lo:] @ pinv[lo:]).reshape(f.shape)  # f - mean, in the basis span
             with torch.no_grad():
-                delta = out_1 - fn(f_alpha) @ om
-            cotangents = _path_cotangents(delta, om)
-            with torch.no_grad():
-                for units, grads in batched_vjps(fn, f_alpha, k, cotangents, memory_budget):
-                    g = grads.reshape(units.stop - units.start, f.shape[0], -1, f.shape[-1])
-                    g_hat = g @ pinv.T
-                    a = torch.einsum("cbsj,bsj->cj", g_hat, f_hat)
-                    rows = first + torch.arange(units.start, units.stop, device=E.device)
-                    E.index_add_(0, rows, -float(w) * a.to(torch.float64))
+                out_1 = fn(f) @ om  # (b, P_out, k)
+            for alpha, w in zip(alphas, weights, strict=True):
+                f_alpha = f - (1.0 - float(alpha)) * centred
+                with torch.no_grad():
+                    delta = out_1 - fn(f_alpha) @ om
+                cotangents = _path_cotangents(delta, om)
+                with torch.no_grad():
+                    for units, grads in batched_vjps(fn, f_alpha, k, cotangents, memory_budget):
+                        g = grads.reshape(units.stop - units.start, f.shape[0], -1, f.shape[-1])
+                        g_hat = g @ pinv.T
+                        a = torch.einsum("cbsj,bsj->cj", g_hat, f_hat)
+                        rows = first + torch.arange(units.start, units.stop, device=E.device)
+                        E.index_add_(0, rows, -float(w) * a.to(torch.float64))
+    if shard.active and shard.split_over == "data":
+        E, count = shard.sum(E), shard.count(count)
     return _finish(E, count, basis_in, basis_out, section.inject[0])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Sequence
 from functools import partial
@@ -22,13 +23,16 @@ from interbasis.build import (
     TrainMode,
     accumulate_activation_grams,
     bases_for_run,
+    basis_parts,
     check_basis_options,
     check_int,
     final_basis_of,
     node_map,
     prepare,
+    section_gram,
 )
 from interbasis.capture import OutputSelector
+from interbasis.distributed import SplitOver
 from interbasis.edges import (
     EDGE_KINDS,
     EdgeKind,
@@ -38,9 +42,25 @@ from interbasis.edges import (
     weight_edges,
 )
 from interbasis.errors import ShapeError
-from interbasis.jacobians import DEFAULT_MEMORY_BUDGET, section_jacobian_gram
+from interbasis.jacobians import DEFAULT_MEMORY_BUDGET
 from interbasis.section import JacobianChunk, Mode
 from interbasis.sources import Sources, check_sources
+from interbasis.stage_cache import CacheDir, basis_stage, stage
+
+
+def edges_stage(
+    run: Run, b_in: Basis, b_out: Basis, options: dict[str, Any], compute: Any
+) -> tuple[np.ndarray, float | None]:
+    """Edges from ``b_in`` to ``b_out`` as ``compute() -> (E, relative standard error)``, from the
+    stage cache when there (keyed by both bases and the edge options)."""
+
+    def value(_: Any) -> dict[str, Any]:
+        E, err = compute()
+        return {"E": torch.from_numpy(E), "rse": err}
+
+    parts = {"C_in": b_in.C, "C_out": b_out.C, **options}
+    v, _ = stage(run.cache, f"edges {b_in.name}", parts, value)
+    return v["E"].numpy(), v["rse"]
 
 
 def _check_bases(run: Run, bases: Sequence[Basis]) -> None:
@@ -96,6 +116,14 @@ class _JacobianCache:
             self.items.append((batch, acts_in, chunk))
 
 
+def _exact(edges: Any, *args: Any, **kwargs: Any) -> tuple[np.ndarray, float]:
+    return edges(*args, **kwargs), 0.0
+
+
+def _value_and_error(acc: SquaredEdges, name: str) -> tuple[np.ndarray, float | None]:
+    return acc.value(name), acc.relative_standard_error
+
+
 def _local_bases_and_squared_edges(
     run: Run,
     matrices: dict[int, np.ndarray],
@@ -111,36 +139,47 @@ def _local_bases_and_squared_edges(
     from the same Jacobians as its M when they fit in the cache (one pass per section) and
     the M's output units suit the edges (the same sources, none over hidden directions)."""
     names = run.names
-    bases = {names[-1]: final_basis_of(run, names[-1], final_basis, center, truncation)}
+    bases = {names[-1]: basis_stage(
+        run.cache, basis_parts(run, names[-1], None, final=final_basis, center=center,
+                               truncation=truncation),
+        lambda: final_basis_of(run, names[-1], final_basis, center, truncation), run.device,
+    )}  # fmt: skip
     reuse = edge_sources == run.sources and (run.sources is None or run.sources.hidden is None)
+    sources = edge_sources.as_dict() if edge_sources is not None else None
+    options = {"edges": "squared", "sources": sources, "mode": run.mode}
     for i in range(len(names) - 2, -1, -1):
         name, nxt = names[i], names[i + 1]
         g = run.grams[name]
         cache = _JacobianCache(cache_limit if reuse else 0)
         section = run.section(name, nxt)
-        result = section_jacobian_gram(
-            section, partial(run.batches, f"M {name}"), node_map(bases[nxt]),
-            run.memory_budget, consumers=[cache] if reuse else [], sources=run.sources,
-            mode=run.mode,
-        )  # fmt: skip
+        result, fresh = section_gram(
+            run, name, nxt, node_map(bases[nxt]), consumers=[cache] if reuse else []
+        )
+        # every rank must take the same branch below (the edges' all-reduce)
+        cache.overflow = run.shard.any(cache.overflow or not fresh)
         run.estimator_error[name] = result.relative_standard_error
         gram = g.covariance if center else g.second_moment
-        bases[name] = interaction_basis(
-            name, g.mean, gram, result.M, center=center, fold_bias=fold_bias,
-            truncation=truncation,
+        bases[name] = basis_stage(
+            run.cache, basis_parts(run, name, result.M, center=center, fold_bias=fold_bias,
+                                   truncation=truncation),
+            partial(interaction_basis, name, g.mean, gram, result.M, center=center,
+                    fold_bias=fold_bias, truncation=truncation),
+            run.device,
         )  # fmt: skip
         if result.affine is not None:  # one Jacobian serves every sample
-            matrices[i] = weight_edges(
-                section, run.batches(f"edges {name}"), bases[name], bases[nxt],
-                jacobian=result.affine,
+            matrices[i], edge_errors[name] = edges_stage(
+                run, bases[name], bases[nxt], options,
+                partial(_exact, weight_edges, section, run.batches(f"edges {name}"),
+                        bases[name], bases[nxt], jacobian=result.affine),
             )  # fmt: skip
-            edge_errors[name] = 0.0
         elif reuse and not cache.overflow:
             acc = SquaredEdges(bases[name], bases[nxt])
             for batch, acts_in, chunk in cache.items:
                 acc.add(batch, acts_in, chunk)
-            matrices[i] = acc.value(name)
-            edge_errors[name] = acc.relative_standard_error
+            run.shard.reduce_squared_edges(acc)
+            matrices[i], edge_errors[name] = edges_stage(
+                run, bases[name], bases[nxt], options, partial(_value_and_error, acc, name)
+            )
     return [bases[n] for n in names]
 
 
@@ -180,6 +219,9 @@ def build_graph(
     keep_positions: KeepPositions = None,
     train_mode: TrainMode = "eval",
     feature_dim: FeatureDim = None,
+    process_group: Any = None,
+    split_over: SplitOver = "data",
+    cache_dir: str | os.PathLike[str] | CacheDir | None = None,
 ) -> InteractionGraph:
     """The interaction graph of a model on data (DESIGN §3 and §5).
 
@@ -200,6 +242,8 @@ def build_graph(
         exact. The relative standard error of each estimate (of ``tr M`` and of the total
         edge weight, from the spread of the source samples) is stored in
         ``metadata["estimator"]``.
+    process_group, split_over, cache_dir : distributed builds and the stage cache, as in
+        :func:`interbasis.build_bases`; every rank returns the same graph.
 
     Returns
     -------
@@ -233,7 +277,8 @@ def build_graph(
         model, data, node_layers, dtype=dtype, device=device, batch_size=batch_size,
         progress=progress, memory_budget=memory_budget, output=output,
         keep_positions=keep_positions, sources=sources, mode=mode, train_mode=train_mode,
-        feature_dim=feature_dim,
+        feature_dim=feature_dim, process_group=process_group, split_over=split_over,
+        cache_dir=cache_dir,
     )  # fmt: skip
     accumulate_activation_grams(run, check_cuts=True)
     names = run.names
@@ -250,22 +295,35 @@ def build_graph(
     else:
         _check_bases(run, bases)
         bases = [b.to(run.device) for b in bases]
+    options = {"edges": edges, "n_points": n_points if edges == "functional" else None,
+               "sources": edge_sources.as_dict() if edge_sources is not None else None,
+               "mode": run.mode}  # fmt: skip
     for i, (lo, hi) in enumerate(itertools.pairwise(names)):
         if i in matrices:
             continue
         b_in, b_out = bases[i], bases[i + 1]
         section, batches = run.section(lo, hi), run.batches(f"edges {lo}")
+
+        def compute(
+            section: Any = section, batches: Any = batches, b_in: Basis = b_in,
+            b_out: Basis = b_out,
+        ) -> tuple[np.ndarray, float | None]:  # fmt: skip
+            if edges == "squared":
+                acc = SquaredEdges(b_in, b_out)
+                E = squared_edges(section, batches, b_in, b_out, run.memory_budget,
+                                  edge_sources, run.mode, acc, shard=run.shard)  # fmt: skip
+                return E, acc.relative_standard_error
+            if edges == "functional":
+                return np.abs(
+                    functional_edges(
+                        section, batches, b_in, b_out, n_points, run.memory_budget, shard=run.shard
+                    )
+                ), None
+            return weight_edges(section, batches, b_in, b_out), None
+
+        matrices[i], err = edges_stage(run, b_in, b_out, options, compute)
         if edges == "squared":
-            acc = SquaredEdges(b_in, b_out)
-            matrices[i] = squared_edges(
-                section, batches, b_in, b_out, run.memory_budget, edge_sources, run.mode, acc
-            )
-            edge_errors[lo] = acc.relative_standard_error
-        elif edges == "functional":
-            matrices[i] = np.abs(functional_edges(section, batches, b_in, b_out, n_points,
-                                                  run.memory_budget))  # fmt: skip
-        else:
-            matrices[i] = weight_edges(section, batches, b_in, b_out)
+            edge_errors[lo] = err
     layers = [node_layer(b, run.grams[b.name].covariance) for b in bases]
     metadata = {
         "interbasis_version": __version__,
@@ -287,6 +345,7 @@ def build_graph(
         "n_samples": run.n_samples,
         "mode": mode,
         "keep_positions": run.keep_positions or None,
+        "distributed": {"world_size": run.shard.world, "split_over": run.shard.split_over},
         "estimator": {
             "sources": run.sources.as_dict() if run.sources is not None else None,
             "edge_sources": edge_sources.as_dict() if edge_sources is not None else None,

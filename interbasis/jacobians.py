@@ -18,11 +18,13 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 
 from interbasis.capture import InputLayout, as_positions
+from interbasis.distributed import Shard
 from interbasis.errors import DataError
 from interbasis.grams import JacobianGramAccumulator, check_finite
 from interbasis.section import (
@@ -33,6 +35,12 @@ from interbasis.section import (
     units_per_chunk,
 )
 from interbasis.sources import STREAM_M, OutputUnits, Sources, SourceSpread
+from interbasis.stage_cache import (
+    NO_PARTIAL_SUMS,
+    PartialSums,
+    jacobian_gram_state,
+    restore_jacobian_gram,
+)
 
 AFFINE_RTOL = 1e-10
 
@@ -166,6 +174,8 @@ def section_jacobian_gram(
     detect_affine: bool = True,
     sources: Sources | None = None,
     mode: Mode = "auto",
+    shard: Shard | None = None,
+    partial_sums: PartialSums = NO_PARTIAL_SUMS,
 ) -> SectionGram:
     """``E[J^T J]`` of the section's output units with respect to its input (DESIGN §4).
 
@@ -179,6 +189,11 @@ def section_jacobian_gram(
     detect_affine : use the affine fast path (module docstring) when it applies.
     sources : stochastic output units (:class:`interbasis.Sources`); ``None`` = exact.
     mode : ``"vjp"``, ``"jvp"`` or ``"auto"`` (:meth:`Section.jacobians`).
+    shard : this rank's part (:mod:`interbasis.distributed`): its batches or output units;
+        the sums are all-reduced at the end, so every rank returns the same M. The affine
+        check reads every batch on every rank (identical on all ranks, no collective).
+    partial_sums : saves the sums every few batches and resumes from them
+        (:class:`interbasis.stage_cache.PartialSums`).
 
     Returns
     -------
@@ -199,32 +214,43 @@ def section_jacobian_gram(
     acc: JacobianGramAccumulator | None = None
     spread = SourceSpread()
     reach: torch.Tensor | None = None  # squared Jacobian norm per kept input position
-    for b, x in enumerate(batches() if callable(batches) else batches):
-        value, layout = section.capture_input(x)
-        acts_in = section.input_positions(value)
-        if acc is None:
-            acc = JacobianGramAccumulator(value.shape[-1], device=value.device)
-        mask = section.input_mask(x, value)
-        acc.add_samples(
-            int(mask.sum()) if mask is not None else acts_in.shape[0] * acts_in.shape[1]
-        )
-        with torch.no_grad():
-            for chunk in section.jacobians(
-                x, value, layout, out_map, sources=sources, batch=b, stream=STREAM_M,
-                mode=mode, memory_budget=memory_budget,
-            ):  # fmt: skip
-                acc.update(chunk.grads)
-                r = chunk.grads.to(torch.float64).pow(2).sum((0, 1, 3))
-                reach = r if reach is None else reach + r
-                unit_spread(spread, chunk.out_units, chunk.units, chunk.grads.pow(2).sum((1, 2, 3)))
-                for consume in consumers or []:
-                    consume(b, acts_in[chunk.samples], chunk)
-        spread.end_batch()
-        # NaN/Inf in any Jacobian entry propagates into the running sum of J^T J
-        check_finite(acc.running_sum, f"Jacobians (towards {read!r})", inject, b)
-    if acc is None:
-        raise DataError("data holds no batches")
-    if reach is not None:
+    shard = shard if shard is not None else Shard()
+    start, state = partial_sums.resume()
+    if state is not None:
+        acc, spread = restore_jacobian_gram(state, out_map.device)
+    with shard.stage(f"M {inject}"):
+        own = shard.batches(batches() if callable(batches) else batches)
+        for b, x in enumerate(own):
+            if b < start:  # summed before a restart
+                continue
+            value, layout = section.capture_input(x)
+            acts_in = section.input_positions(value)
+            if acc is None:
+                acc = JacobianGramAccumulator(value.shape[-1], device=value.device)
+            mask = section.input_mask(x, value)  # padding positions are no samples
+            n = int(mask.sum()) if mask is not None else acts_in.shape[0] * acts_in.shape[1]
+            acc.add_samples(n)
+            with torch.no_grad():
+                for chunk in section.jacobians(
+                    x, value, layout, out_map, sources=sources, batch=b, stream=STREAM_M,
+                    mode=mode, memory_budget=memory_budget, unit_split=shard.unit_split,
+                ):  # fmt: skip
+                    acc.update(chunk.grads)
+                    r = chunk.grads.to(torch.float64).pow(2).sum((0, 1, 3))
+                    reach = r if reach is None else reach + r
+                    per_unit = chunk.grads.pow(2).sum((1, 2, 3))
+                    unit_spread(spread, chunk.out_units, chunk.units, per_unit)
+                    for consume in consumers or []:
+                        consume(b, acts_in[chunk.samples], chunk)
+            spread.end_batch()
+            # NaN/Inf in any Jacobian entry propagates into the running sum of J^T J
+            check_finite(acc.running_sum, f"Jacobians (towards {read!r})", inject, b)
+            partial_sums.step(b + 1, partial(jacobian_gram_state, acc, spread))
+        if acc is None and not shard.active:
+            raise DataError("data holds no batches")
+    acc = shard.reduce_jacobian_gram(acc, out_map.device)
+    shard.reduce_spread(spread)
+    if reach is not None and not shard.active and start == 0:  # one process saw every unit
         _warn_unreached(section, reach, int(reach.numel()))
     rse = spread.relative_standard_error if spread.total else 0.0
     return SectionGram(acc.value, None, rse)

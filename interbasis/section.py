@@ -31,6 +31,7 @@ from interbasis.capture import (
     capture,
     run_section,
 )
+from interbasis.distributed import unit_range
 from interbasis.errors import DataError, NodeLayerError
 from interbasis.performance import SMALL_WORK, single_thread
 from interbasis.sources import STREAM_M, OutputUnits, Sources, check_keep, output_units
@@ -89,6 +90,7 @@ class Section:
         negative indices count from the end), e.g. ``[-1]`` for the last position.
     feature_dims : feature axis per node layer, where not the default
         (:func:`interbasis.capture.feature_dim_of`).
+    rank : the rank in the seeds of stochastic sources (:mod:`interbasis.distributed`).
     """
 
     model: nn.Module
@@ -98,6 +100,7 @@ class Section:
     keep_in: Sequence[int] | None = None
     keep_out: Sequence[int] | None = None
     feature_dims: Mapping[str, int] | None = None
+    rank: int = 0
     _jvp_failed: bool = field(default=False, repr=False)
     _out_shapes: dict[tuple[int, ...], tuple[int, int]] = field(default_factory=dict, repr=False)
 
@@ -210,8 +213,9 @@ class Section:
     ) -> OutputUnits:
         """Output units for one batch (exact or stochastic, :func:`sources.output_units`)."""
         return output_units(
-            out_map, p_out, sources, batch=batch, stream=stream, keep=self.kept_out(p_out)
-        )
+            out_map, p_out, sources, batch=batch, rank=self.rank, stream=stream,
+            keep=self.kept_out(p_out),
+        )  # fmt: skip
 
     def jacobians(
         self,
@@ -225,6 +229,7 @@ class Section:
         stream: int = STREAM_M,
         mode: Mode = "auto",
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        unit_split: tuple[int, int] | None = None,
     ) -> Iterator[JacobianChunk]:
         """Gradients of the output units with respect to the kept input positions, in chunks.
 
@@ -237,6 +242,8 @@ class Section:
         mode : ``"vjp"`` (one backward pass per output unit), ``"jvp"`` (one forward-mode
             pass per input unit) or ``"auto"`` (the fewer passes; falls back to VJPs where an
             operation has no forward-mode derivative).
+        unit_split : ``(rank, world)``: only this rank's slice of the output units
+            (:func:`interbasis.distributed.unit_range`), by VJPs.
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -254,6 +261,7 @@ class Section:
         masks = (in_mask, out_mask)
         n_in = (v.shape[1] if kept is None else len(kept)) * v.shape[-1]
         use_jvp = mode == "jvp" or (mode == "auto" and n_in < units.n_units)
+        use_jvp = use_jvp and unit_split is None  # a slice of the units: by VJPs
         # small passes run on one thread (performance.single_thread)
         small = value.device.type == "cpu" and value.numel() * min(n_in, units.n_units) < SMALL_WORK
         with single_thread(small), warnings.catch_warnings():
@@ -273,7 +281,9 @@ class Section:
                         ) from err
                     log.info("forward mode failed on section %s (%s); using VJPs", self.name, err)
                     self._jvp_failed = True
-            yield from self._vjp_chunks(x, value, layout, units, kept, memory_budget, masks)
+            span = range(units.n_units) if unit_split is None else unit_range(
+                units.n_units, *unit_split)  # fmt: skip
+            yield from self._vjp_chunks(x, value, layout, units, kept, memory_budget, span, masks)
 
     def _output_positions(
         self, x: Any, value: torch.Tensor, layout: InputLayout
@@ -294,6 +304,7 @@ class Section:
         units: OutputUnits,
         kept: torch.Tensor | None,
         memory_budget: int,
+        span: range,
         masks: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
     ) -> Iterator[JacobianChunk]:
         in_mask, out_mask = masks
@@ -301,8 +312,8 @@ class Section:
         b = value.shape[0]
         chunk = units_per_chunk(b, value[0].numel(), out[0].numel(), units.n_units, memory_budget)
         batched_vjp = torch.func.vmap(vjp_fn)
-        for start in range(0, units.n_units, chunk):
-            idx = torch.arange(start, min(start + chunk, units.n_units), device=out.device)
+        for start in range(span.start, span.stop, chunk):
+            idx = torch.arange(start, min(start + chunk, span.stop), device=out.device)
             cot = units.cotangents(idx, out)
             if out_mask is not None:  # padding outputs are no units
                 cot = cot * out_mask[None, :, :, None].to(cot)
