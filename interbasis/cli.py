@@ -4,6 +4,8 @@ Subcommands::
 
     interbasis demo  [--out DIR]                      the README demo on the shipped checkpoint
     interbasis graph CHECKPOINT --layers ... [--data train|test|all|FILE.pt] --out DIR
+                     [--cache DIR]; `torchrun --nproc_per_node=N -m interbasis graph ...`
+                     shards the data over N processes
     interbasis view  GRAPH_FILE [--out graph.html]    the interactive viewer of a graph file
     interbasis train ...                              the training harness (experiments.train)
     interbasis atlas CHECKPOINT_OR_RUN_DIR --out DIR  graph ↔ Hessian ↔ D_LR ↔ spectral edge
@@ -75,11 +77,14 @@ def run_graph(
     batch_size: int | None = None,
     progress: bool = True,
     config: dict[str, Any] | None = None,
+    cache: str | None = None,
 ) -> dict[str, Any]:
     """Build, cluster, export and draw one graph; returns the summary written to JSON.
 
     ``out`` is created only after the graph is built; if writing fails, a directory this call
     created is removed again. ``config`` (the resolved options) is written as ``config.yaml``.
+    ``cache`` is the stage cache of a resumable build (``build_graph(cache_dir=)``). Under
+    ``torchrun`` every rank builds its share and only rank 0 writes.
     """
     import matplotlib
 
@@ -95,7 +100,7 @@ def run_graph(
     inputs = _load_data(checkpoint, data)
     graph = build_graph(
         model, inputs, list(layers), basis=basis, edges=edges,  # type: ignore[arg-type]
-        dtype=torch.float64, batch_size=batch_size, progress=progress,
+        dtype=torch.float64, batch_size=batch_size, progress=progress, cache_dir=cache,
     )  # fmt: skip
     t_build = time.time() - t0
     summary: dict[str, Any] = {
@@ -114,6 +119,8 @@ def run_graph(
         partition = find_modules(graph, method="leiden", seed=0)
         graph = graph.with_modules(partition)
         summary["modules"] = {"sizes": partition.sizes, "cost": partition.cost}
+    if _rank() != 0:  # every rank holds the same graph; one writes it
+        return summary
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -131,6 +138,24 @@ def run_graph(
             shutil.rmtree(out, ignore_errors=True)
         raise
     return summary
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _init_distributed() -> None:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1): join the process group (NCCL on GPUs, else
+    gloo) so that the build shards its data over the ranks (docs/distributed.md)."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
@@ -242,13 +267,15 @@ def _cmd_graph(args: argparse.Namespace, sub: argparse.ArgumentParser, demo: boo
         )
     _require(args, sub, "checkpoint", "layers", "out")
     out = _check_out(args.out)
-    config = _resolved(args, ("checkpoint", "data", "out"))
+    config = _resolved(args, ("checkpoint", "data", "out", "cache"))
+    _init_distributed()
     summary = run_graph(
         args.checkpoint, args.layers, args.data, out, basis=args.basis, edges=args.edges,
         modules=not args.no_modules, batch_size=args.batch_size, progress=not args.quiet,
-        config=config,
+        config=config, cache=args.cache,
     )  # fmt: skip
-    _print_summary(summary, out)
+    if _rank() == 0:
+        _print_summary(summary, out)
     return 0
 
 
@@ -381,6 +408,8 @@ def _subparsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentP
         g.add_argument("--basis", default="interaction", choices=["interaction", "pca", "neuron"])
         g.add_argument("--edges", default="squared", choices=["squared", "functional", "weight"])
         g.add_argument("--batch-size", type=int, default=None)
+        g.add_argument("--cache", default=None, help="stage cache directory: a rerun resumes "
+                       "from finished stages and partial sums (docs/distributed.md)")  # fmt: skip
         g.add_argument("--no-modules", action="store_true", help="skip the module search")
         g.add_argument("--quiet", action="store_true", help="no progress bars")
         g.add_argument("--config", default=None, help=config_help)

@@ -151,6 +151,7 @@ def kfac_factors(
         Module names; default every ``nn.Linear`` whose weight is differentiated.
     """
     obj = Objective(model, loss_fn, data, params=params, dtype=dtype)
+    model = obj.model  # the analysed model (an eval-mode copy of a train-mode one): its hooks
     names = _linear_layers(model, obj.layout, layers)
     modules = dict(model.named_modules())
     bias = {n: _pname(n, "bias") in obj.layout.names for n in names}
