@@ -39,9 +39,11 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from experiments.transformer import (
+    Embed,
     HookPoint,
     LayerNorm,
     MLPBlock,
+    PosEmbed,
     ResidualLayerNorm,
     TransformerConfig,
 )
@@ -104,29 +106,6 @@ class Seed001Config:
             normalization_type="LN",
             eps=self.eps,
         )
-
-
-class Embed(nn.Module):
-    """Token embedding ``W_E[tokens]``; ``W_E``: (d_vocab, d_model)."""
-
-    def __init__(self, cfg: Seed001Config) -> None:
-        super().__init__()
-        self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.W_E[tokens]
-
-
-class PosEmbed(nn.Module):
-    """Learned position embedding ``W_pos[:pos]``; ``W_pos``: (n_ctx, d_model)."""
-
-    def __init__(self, cfg: Seed001Config) -> None:
-        super().__init__()
-        self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        batch, pos = tokens.shape
-        return self.W_pos[:pos].unsqueeze(0).expand(batch, pos, -1)
 
 
 class Attention(nn.Module):

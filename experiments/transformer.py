@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -144,10 +144,18 @@ class HookPoint(nn.Module):
         return x
 
 
+class EmbedSizes(Protocol):
+    """The sizes the embeddings read (our and seed 001's transformer configs have them)."""
+
+    d_vocab: int
+    d_model: int
+    n_ctx: int
+
+
 class Embed(nn.Module):
     """Token embedding ``W_E[tokens]``; ``W_E``: (d_vocab, d_model)."""
 
-    def __init__(self, cfg: TransformerConfig) -> None:
+    def __init__(self, cfg: EmbedSizes) -> None:
         super().__init__()
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
 
@@ -158,7 +166,7 @@ class Embed(nn.Module):
 class PosEmbed(nn.Module):
     """Learned positional embedding; ``W_pos``: (n_ctx, d_model)."""
 
-    def __init__(self, cfg: TransformerConfig) -> None:
+    def __init__(self, cfg: EmbedSizes) -> None:
         super().__init__()
         self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
 
