@@ -63,6 +63,18 @@ def edges_stage(
     return v["E"].numpy(), v["rse"]
 
 
+def edge_options(
+    run: Run, edges: str, n_points: int, edge_sources: Sources | None
+) -> dict[str, Any]:
+    """The options an edge matrix depends on: one stage-cache key, whichever pass made it."""
+    return {
+        "edges": edges,
+        "n_points": n_points if edges == "functional" else None,
+        "sources": edge_sources.as_dict() if edge_sources is not None else None,
+        "mode": run.mode,
+    }
+
+
 def _check_bases(run: Run, bases: Sequence[Basis]) -> None:
     names = run.names
     if len(bases) != len(names):
@@ -145,8 +157,7 @@ def _local_bases_and_squared_edges(
         lambda: final_basis_of(run, names[-1], final_basis, center, truncation), run.device,
     )}  # fmt: skip
     reuse = edge_sources == run.sources and (run.sources is None or run.sources.hidden is None)
-    sources = edge_sources.as_dict() if edge_sources is not None else None
-    options = {"edges": "squared", "sources": sources, "mode": run.mode}
+    options = edge_options(run, "squared", 16, edge_sources)
     for i in range(len(names) - 2, -1, -1):
         name, nxt = names[i], names[i + 1]
         g = run.grams[name]
@@ -295,9 +306,7 @@ def build_graph(
     else:
         _check_bases(run, bases)
         bases = [b.to(run.device) for b in bases]
-    options = {"edges": edges, "n_points": n_points if edges == "functional" else None,
-               "sources": edge_sources.as_dict() if edge_sources is not None else None,
-               "mode": run.mode}  # fmt: skip
+    options = edge_options(run, edges, n_points, edge_sources)
     for i, (lo, hi) in enumerate(itertools.pairwise(names)):
         if i in matrices:
             continue
