@@ -69,7 +69,7 @@ def test_d_lr_drops_through_grokking(tmp_path: Path) -> None:
     """Add mod 23 with weight decay 1 (docs/experiments.md's grokking setting, ~1 minute):
     the library's RichnessTracker records test D_LR after the test-accuracy jump (>= 0.95)
     below its value at the memorisation point (first train accuracy >= 0.99, test still low)."""
-    cfg = quick_config(frac_train=0.7, steps=4000, eval_every=50, checkpoint_every=4000,
+    cfg = quick_config(frac_train=0.7, steps=6000, eval_every=50, checkpoint_every=6000,
                        threads=1, progress=False)  # fmt: skip
     task = build_task(cfg)
     tracker = dlr_grokking.make_tracker(task, cfg.eval_every)
