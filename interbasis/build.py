@@ -309,7 +309,9 @@ def _activation_grams(run: Run, check_cuts: bool) -> tuple[dict[str, GramAccumul
     for b, x in enumerate(run.shard.batches(run.batches("activation Grams"))):
         run.n_samples += batch_size_of(x)
         with torch.no_grad():
-            acts, layouts = capture(run.model, x, run.modules, run.output, run.feature_dims)
+            acts, layouts = capture(
+                run.model, x, run.modules, run.output, run.feature_dims, batch_index=b
+            )
         for name, a in acts.items():
             mask = position_mask(x, as_positions(a).shape[1])
             a = run.kept(name, a)

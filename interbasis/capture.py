@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from interbasis.errors import DataError, NodeLayerError
+from interbasis.errors import DataError, InterbasisError, NodeLayerError
 
 OUTPUT = "output"
 
@@ -279,12 +279,64 @@ def batch_size_of(inputs: Any) -> int:
     return int(inputs.shape[0])
 
 
+def _shapes(inputs: Any) -> str:
+    if isinstance(inputs, Mapping):
+        return ", ".join(f"{k}={tuple(v.shape)}" for k, v in inputs.items() if hasattr(v, "shape"))
+    return str(tuple(inputs.shape)) if hasattr(inputs, "shape") else type(inputs).__name__
+
+
+def forward_failure(
+    model: nn.Module, inputs: Any, err: BaseException, batch_index: int | None = None
+) -> DataError:
+    """A :class:`DataError` for ``model(inputs)`` raising ``err``: the forward pass is run
+    again with hooks on every submodule to name the innermost module that failed (and, for
+    a linear or convolution layer, the width it expects against the width it got)."""
+    stack: list[str] = []
+    failed: list[str] = []
+
+    def enter(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any) -> None:
+            stack.append(name)
+
+        return hook
+
+    def leave(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, out: Any) -> None:  # None: output unchanged
+            stack.pop()
+
+        return hook
+
+    handles = []
+    for name, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(enter(name)))
+        handles.append(module.register_forward_hook(leave(name)))
+    try:
+        with torch.no_grad():
+            call_model(model, inputs)
+    except Exception:  # the same failure again: the innermost module still on the stack
+        failed = [n for n in stack if n]
+    finally:
+        for h in handles:
+            h.remove()
+    where = f"batch {batch_index}" if batch_index is not None else "a batch"
+    msg = f"the model failed on {where} (input shape {_shapes(inputs)})"
+    if failed:
+        module = model.get_submodule(failed[-1])
+        msg += f" inside module {failed[-1]!r} ({type(module).__name__})"
+        expects = getattr(module, "in_features", getattr(module, "in_channels", None))
+        if expects is not None:
+            msg += f", which expects {expects} input features"
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return DataError(f"{msg}: {first}. Check that the data fit the model.")
+
+
 def capture(
     model: nn.Module,
     inputs: Any,
     modules: dict[str, nn.Module | None],
     output: OutputSelector | None = None,
     feature_dims: Mapping[str, int] | None = None,
+    batch_index: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, InputLayout]]:
     """Run ``model(inputs)`` once and return the input activations of the node layers.
 
@@ -297,6 +349,7 @@ def capture(
         (:func:`select_output`).
     feature_dims : per node layer, the feature axis of its input (default: last, channels for
         convolution / batch-norm / pooling inputs, :func:`feature_dim_of`).
+    batch_index : position of this batch in the data, named in errors.
 
     Returns
     -------
@@ -308,6 +361,9 @@ def capture(
     NodeLayerError
         If a module is never called, called more than once, or the node layers are not in
         forward order (the actual order is reported).
+    DataError
+        If the model itself fails on the batch (e.g. an input of the wrong width): the
+        message names the innermost module that failed (:func:`forward_failure`).
     """
     names = list(modules)
     acts: dict[str, torch.Tensor] = {}
@@ -346,7 +402,14 @@ def capture(
         if m is not None
     ]
     try:
-        out = call_model(model, inputs)
+        try:
+            out = call_model(model, inputs)
+        except InterbasisError:
+            raise
+        except (RuntimeError, ValueError, TypeError, IndexError) as err:
+            for h in handles:  # the diagnosis reruns the forward pass without our hooks
+                h.remove()
+            raise forward_failure(model, inputs, err, batch_index) from err
         if OUTPUT in modules:
             acts[OUTPUT] = y = select_output(out, output)
             layouts[OUTPUT] = InputLayout((0,), (y.shape[-1],), tuple(y.shape[:-1]))

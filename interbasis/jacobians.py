@@ -15,6 +15,7 @@ from that one Jacobian instead of one per sample (also when sources were asked f
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from interbasis.section import (
     JacobianChunk,
     Mode,
     Section,
+    forward_mode_unavailable,
     units_per_chunk,
 )
 from interbasis.sources import STREAM_M, OutputUnits, Sources, SourceSpread
@@ -42,6 +44,7 @@ from interbasis.stage_cache import (
     restore_jacobian_gram,
 )
 
+log = logging.getLogger(__name__)
 AFFINE_RTOL = 1e-10
 
 __all__ = [
@@ -127,7 +130,11 @@ def is_affine_on(
     v = v.to(value.device)
     try:
         jv = torch.func.jvp(section.fn(x, layout), (value,), (v.reshape(value.shape),))[1]
-    except (NotImplementedError, RuntimeError):
+    except (NotImplementedError, RuntimeError) as err:
+        if not forward_mode_unavailable(err):
+            raise
+        log.info("affine check of section %s needs forward mode (%s): general path", section.name,
+                 str(err).splitlines()[0])  # fmt: skip
         return False
     units = section.output_units(out_map, jv.shape[1])
     got = torch.einsum("bto,pt,oq->bpq", jv, units.pos.to(jv), units.dirs.to(jv))
@@ -313,7 +320,11 @@ def _same_jvp_at_every_sample(
     v = torch.randn((1, *value.shape[1:]), generator=g, dtype=value.dtype).to(value.device)
     try:
         jv = torch.func.jvp(section.fn(x, layout), (value,), (v.expand_as(value),))[1]
-    except (NotImplementedError, RuntimeError):
+    except (NotImplementedError, RuntimeError) as err:
+        if not forward_mode_unavailable(err):
+            raise
+        log.info("no forward mode on section %s (%s): the affine check uses VJPs", section.name,
+                 str(err).splitlines()[0])  # fmt: skip
         return True
     scale = jv.abs().amax().clamp_min(torch.finfo(jv.dtype).tiny)
     rtol = max(AFFINE_RTOL, 1000 * torch.finfo(value.dtype).eps)

@@ -44,6 +44,21 @@ Mode = Literal["auto", "vjp", "jvp"]
 MODES = ("auto", "vjp", "jvp")
 
 
+# Forward-mode failures we expect and answer by taking reverse mode: operations without a
+# forward-mode derivative (NotImplementedError, or a RuntimeError that says so). Anything else
+# is a real error and propagates.
+_NO_FORWARD_AD = ("forward ad", "forward-mode", "forward mode", "jvp", "not implemented",
+                  "does not support")  # fmt: skip
+
+
+def forward_mode_unavailable(err: BaseException) -> bool:
+    """Whether ``err`` (raised inside ``torch.func.jvp``) says forward mode is unavailable."""
+    if isinstance(err, NotImplementedError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and any(marker in text for marker in _NO_FORWARD_AD)
+
+
 def units_per_chunk(
     batch: int, numel_in: int, numel_out: int, n_units: int, memory_budget: int
 ) -> int:
@@ -273,6 +288,8 @@ class Section:
                     yield from self._jvp_chunks(x, value, layout, units, kept, memory_budget, masks)
                     return
                 except (NotImplementedError, RuntimeError) as err:
+                    if not forward_mode_unavailable(err):
+                        raise
                     if mode == "jvp":
                         raise DataError(
                             f'mode="jvp" failed on section {self.name}: an operation has no '

@@ -214,3 +214,18 @@ def test_keyword_inputs_work_and_sequence_first_modules_are_named() -> None:
     x = torch.randn(8, 5, 3, dtype=torch.float64)
     with pytest.raises(DataError, match="first dimension is not the batch"):
         build_bases(_SequenceFirst().eval(), x, ["inner", "output"], progress=False)
+
+
+def test_data_of_the_wrong_width_name_the_layer_and_the_batch() -> None:
+    """Input width 5 into Linear(3): our error names the batch, the failing module and the
+    width it expects, for one batch and for a later batch of a mixed-width list."""
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double().eval()
+    wide = torch.randn(10, 5, dtype=torch.float64)
+    pattern = r"batch {} \(input shape \(10, 5\)\) inside module '0' \(Linear\), which expects 3"
+    with pytest.raises(DataError, match=pattern.format(0)):
+        build_bases(net, wide, ["0", "2"], progress=False)
+    with pytest.raises(DataError, match=pattern.format(1)):
+        build_bases(net, [X[:10], wide], ["0", "2"], progress=False)
+    inner = nn.Sequential(nn.Linear(5, 3), nn.Sequential(nn.ReLU(), nn.Linear(4, 2))).double()
+    with pytest.raises(DataError, match=r"inside module '1.1' \(Linear\), which expects 4"):
+        build_bases(inner.eval(), wide, ["0", "output"], progress=False)

@@ -155,6 +155,59 @@ def test_forward_mode_with_sources_equals_reverse_mode() -> None:
     torch.testing.assert_close(a, b, rtol=1e-10, atol=0)
 
 
+class _Tanh(torch.autograd.Function):
+    """tanh with a hand-written backward and no forward-mode rule."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        (y,) = ctx.saved_tensors
+        return g * (1 - y * y)
+
+
+class _TanhBadJvp(_Tanh):
+    @staticmethod
+    def jvp(ctx, t: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        raise RuntimeError("boom: a bug in the user's code")
+
+
+class _Act(nn.Module):
+    def __init__(self, fn: type[torch.autograd.Function]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn.apply(x)
+
+
+def test_forward_mode_falls_back_only_when_unavailable() -> None:
+    """An op without a forward-mode rule (NotImplementedError) makes mode="auto" take VJPs and
+    give the graph of the same network built from torch.tanh; mode="jvp" names the section
+    and says to use VJPs. Any other error inside forward mode is not swallowed."""
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2))
+    ref = ref.double().eval()
+    x = torch.randn(40, 3, dtype=torch.float64)
+    names = ["0", "2", "4", "output"]
+    custom = nn.Sequential(ref[0], _Act(_Tanh), ref[2], _Act(_Tanh), ref[4]).eval()
+    want = ib.build_graph(ref, x, names, progress=False)
+    _graphs_equal(ib.build_graph(custom, x, names, progress=False), want)
+    with pytest.raises(ib.DataError, match='mode="jvp" failed on section .*use mode="vjp"'):
+        ib.build_graph(custom, x, names, mode="jvp", progress=False)
+    broken = nn.Sequential(ref[0], _Act(_TanhBadJvp), ref[2], _Act(_Tanh), ref[4]).eval()
+    with pytest.raises(RuntimeError, match="boom"):
+        ib.build_graph(broken, x, names, progress=False)
+
+
 def test_deep_linear_transitions_become_diagonal_as_S_grows() -> None:
     """Seed 004's closed form in expectation: with hidden sources the estimated M only
     approximately diagonalises the chain; the off-diagonal mass of the transitions falls with
