@@ -42,6 +42,7 @@ from torch import nn
 import interbasis as ib
 from experiments.checkpoint_io import load_rib_modadd, rib_modadd_task
 from graphs import InteractionGraph, draw_graph
+from interbasis.errors import DataError, NodeLayerError
 
 P = 113
 BasisName = Literal["interaction", "pca", "neuron"]
@@ -124,13 +125,22 @@ def capture_inputs(
     """Activations at the input of each named module (``"output"`` = model output), float64."""
     model64 = copy.deepcopy(model).double().eval()
     modules = dict(model64.named_modules())
+    unknown = [n for n in names if n != "output" and n not in modules]
+    if unknown:
+        raise NodeLayerError(
+            f"capture_inputs: {unknown} are not modules of the model; use names from "
+            f"named_modules(), e.g. {[n for n in modules if n][:5]}"
+        )
     chunks: dict[str, list[torch.Tensor]] = {n: [] for n in names}
 
     def hook(name: str) -> Any:
         def read(_module: nn.Module, args: tuple[Any, ...]) -> None:
             tensors = [a for a in args if isinstance(a, torch.Tensor)]
             if len(tensors) != 1:
-                raise ValueError(f"{name!r} takes {len(tensors)} tensor inputs; expected one")
+                raise DataError(
+                    f"capture_inputs: module {name!r} takes {len(tensors)} tensor inputs; its "
+                    "input is a node layer only when it takes exactly one"
+                )
             chunks[name].append(tensors[0])
 
         return read
@@ -138,7 +148,8 @@ def capture_inputs(
     handles = [modules[n].register_forward_pre_hook(hook(n)) for n in names if n != "output"]
     try:
         for start in range(0, len(inputs), batch_size):
-            out = model64(inputs[start : start + batch_size])
+            batch = inputs[start : start + batch_size]
+            out = model64(batch.double() if batch.is_floating_point() else batch)
             if "output" in chunks:
                 chunks["output"].append(out)
     finally:

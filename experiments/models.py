@@ -13,7 +13,7 @@ from torch import nn
 from experiments.mlp import MLP, MLPConfig
 from experiments.seed001_model import Seed001Config, Seed001Transformer
 from experiments.transformer import HookPoint, Transformer, TransformerConfig
-from interbasis import FormatError
+from interbasis import DataError, FormatError
 
 ModelConfig = TransformerConfig | MLPConfig | Seed001Config
 
@@ -40,8 +40,9 @@ def build_model(config: ModelConfig) -> nn.Module:
         return MLP(config)
     if isinstance(config, Seed001Config):
         return Seed001Transformer(config)
-    raise TypeError(
-        f"expected TransformerConfig, Seed001Config or MLPConfig, got {type(config).__name__}"
+    raise DataError(
+        f"build_model needs a TransformerConfig, Seed001Config or MLPConfig, got "
+        f"{type(config).__name__}"
     )
 
 
@@ -53,7 +54,7 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
         return {"kind": "mlp", "config": model.cfg.to_dict()}
     if isinstance(model, Seed001Transformer):
         return {"kind": "seed001", "config": model.cfg.to_dict()}
-    raise TypeError(
+    raise DataError(
         f"model_spec needs a Transformer, Seed001Transformer or MLP, got {type(model).__name__}"
     )
 

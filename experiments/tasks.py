@@ -98,8 +98,8 @@ class Task:
         self, split: str = "train", batch_size: int = 4096
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Consecutive ``(inputs, targets)`` chunks of a split (for streaming pipelines)."""
-        if batch_size < 1:
-            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise DataError(f"batch_size must be >= 1 (an int), got {batch_size!r}")
         x, y = self.split(split)
         for start in range(0, len(x), batch_size):
             yield x[start : start + batch_size], y[start : start + batch_size]
@@ -253,14 +253,27 @@ def division_sequence_task(p: int = 97, frac_train: float = 0.5, seed: int = 0) 
 
 def modular_task_from_rib_config(dataset: dict[str, Any]) -> Task:
     """The task of a rib ``config.yaml`` ``dataset`` section (modulus, fn_name, ...)."""
+    if not isinstance(dataset, dict):
+        raise DataError(f"rib dataset config must be a mapping, got {type(dataset).__name__}")
     fn_name = dataset.get("fn_name")
     if fn_name not in _RIB_FN_NAMES:
         raise DataError(f"rib fn_name {fn_name!r} is not supported; expected {list(_RIB_FN_NAMES)}")
+    values: dict[str, Any] = {}
+    for key, kind, default in (("modulus", int, None), ("frac_train", float, None),
+                               ("seed", int, 0)):  # fmt: skip
+        raw = dataset.get(key, default)
+        if (
+            isinstance(raw, bool)
+            or not isinstance(raw, int | float)
+            or (kind is int and raw != int(raw))
+        ):
+            raise DataError(
+                f"rib dataset config: {key!r} must be {'an int' if kind is int else 'a number'}, "
+                f"got {raw!r}"
+            )
+        values[key] = kind(raw)
     return modular_task(
-        _RIB_FN_NAMES[fn_name],
-        int(dataset["modulus"]),
-        float(dataset["frac_train"]),
-        seed=int(dataset.get("seed", 0)),
+        _RIB_FN_NAMES[fn_name], values["modulus"], values["frac_train"], seed=values["seed"]
     )
 
 
@@ -310,6 +323,11 @@ def multitask(
     )
 
 
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise DataError(f"{name} must be >= {minimum} (an int), got {value!r}")
+
+
 def _regression_fn(fn: str) -> Callable[[torch.Tensor], torch.Tensor]:
     if fn not in REGRESSION_FNS:
         raise DataError(
@@ -331,8 +349,7 @@ def regression_task(
     ``seed`` and split with :func:`split_indices`.
     """
     f = _regression_fn(fn)
-    if n < 1:
-        raise DataError(f"n must be >= 1, got {n}")
+    _check_int("n", n, 1)
     gen = torch.Generator().manual_seed(seed)
     x = (2 * torch.rand(n, 1, generator=gen, dtype=torch.float64) - 1).to(dtype)
     train_idx, test_idx = split_indices(n, frac_train, seed)
@@ -356,13 +373,11 @@ def two_tasks(
     """
     f1, f2 = _regression_fn(fns[0]), _regression_fn(fns[1])
     if grid_size is not None:
-        if grid_size < 2:
-            raise DataError(f"grid_size must be >= 2, got {grid_size}")
+        _check_int("grid_size", grid_size, 2)
         axis = torch.linspace(-1, 1, grid_size, dtype=torch.float64)
         x = torch.cartesian_prod(axis, axis).to(dtype)
     else:
-        if n < 1:
-            raise DataError(f"n must be >= 1, got {n}")
+        _check_int("n", n, 1)
         gen = torch.Generator().manual_seed(seed)
         x = (2 * torch.rand(n, 2, generator=gen, dtype=torch.float64) - 1).to(dtype)
     y = torch.stack([f1(x[:, 0]), f2(x[:, 1])], dim=1)

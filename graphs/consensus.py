@@ -19,7 +19,7 @@ and reports
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +59,12 @@ def co_membership_of_labels(labels: np.ndarray) -> np.ndarray:
         same += (row[:, None] == row[None, :]) & ok[:, None] & ok[None, :]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(both > 0, same / np.maximum(both, 1), np.nan)
+
+
+def _sequence(values: Any, name: str) -> list[Any]:
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise ModuleSearchError(f"{name} must be a list, got {values!r}")
+    return list(values)
 
 
 def co_membership(partitions: Sequence[Partition], node_ids: Sequence[str]) -> np.ndarray:
@@ -150,8 +156,21 @@ def module_stability(
     -------
     ModuleStability; ``ari_resolutions`` is None for a single resolution.
     """
-    seeds_t = tuple(int(s) for s in seeds)
-    res_t = tuple(sorted(float(r) for r in resolutions))
+    seeds_l, res_l = _sequence(seeds, "seeds"), _sequence(resolutions, "resolutions")
+    for s in seeds_l:
+        if isinstance(s, bool | np.bool_) or not isinstance(s, int | np.integer) or s < 0:
+            raise ModuleSearchError(f"seeds must be ints >= 0, got {s!r} in {seeds!r}")
+    for r in res_l:
+        if (
+            isinstance(r, bool | np.bool_)
+            or not isinstance(r, int | float | np.integer | np.floating)
+            or not 0 <= r < np.inf
+        ):
+            raise ModuleSearchError(
+                f"resolutions must be finite numbers >= 0, got {r!r} in {resolutions!r}"
+            )
+    seeds_t = tuple(int(s) for s in seeds_l)
+    res_t = tuple(sorted(float(r) for r in res_l))
     if not seeds_t or not res_t:
         raise ModuleSearchError("module_stability needs at least one seed and one resolution")
     if len(set(seeds_t)) != len(seeds_t) or len(set(res_t)) != len(res_t):

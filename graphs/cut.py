@@ -55,7 +55,11 @@ def default_epsilon(
     >>> default_epsilon(InteractionGraph([layer("a", 1), layer("b", 1)], [np.array([[4.0]])]))
     0.004
     """
-    if not (0.0 < fraction < math.inf):
+    if (
+        isinstance(fraction, bool | np.bool_)
+        or not isinstance(fraction, int | float | np.integer | np.floating)
+        or not 0.0 < fraction < math.inf
+    ):
         raise ModuleSearchError(f"fraction must be positive and finite, got {fraction!r}")
     maxima = [float(e.max()) if e.size else 0.0 for e in graph.edges]
     if per_pair:

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Mapping
 from typing import IO, Any
 
@@ -27,7 +28,7 @@ import networkx as nx
 import numpy as np
 
 from graphs.errors import GraphFormatError, InvalidGraphError
-from graphs.graph import InteractionGraph, NodeLayer
+from graphs.graph import InteractionGraph
 
 PathLike = str | os.PathLike[str]
 FORMAT, FORMAT_VERSION = "interbasis.graph", 1
@@ -73,59 +74,6 @@ def _dumps(obj: Any) -> str:
         return json.dumps(obj, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidGraphError(f"graph metadata is not JSON-serialisable: {exc}") from exc
-
-
-def _check_layers(header: Any, source: str) -> tuple[list[str], list[int]]:
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise GraphFormatError(f"{source} was not written by graphs (no {FORMAT!r} header)")
-    if header.get("version") != FORMAT_VERSION:
-        raise GraphFormatError(
-            f"{source} has graph format version {header.get('version')!r}; this version reads "
-            f"version {FORMAT_VERSION}"
-        )
-    try:
-        return [str(s["name"]) for s in header["layers"]], [
-            int(s["size"]) for s in header["layers"]
-        ]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise GraphFormatError(f"{source}: header has no valid 'layers' list ({exc})") from exc
-
-
-class _Builder:
-    """Arrays of a graph being read back, filled node by node and edge by edge."""
-
-    def __init__(self, names: list[str], sizes: list[int], source: str) -> None:
-        self.names, self.sizes, self.source = names, sizes, source
-        self.lam = [np.full(n, np.nan) for n in sizes]
-        self.var = [np.full(n, np.nan) for n in sizes]
-        self.const = [np.zeros(n, dtype=bool) for n in sizes]
-        self.modules = [np.full(n, -1, dtype=np.int64) for n in sizes]
-        self.edges = [np.zeros((sizes[k + 1], sizes[k])) for k in range(max(len(sizes) - 1, 0))]
-        self.seen: set[tuple[int, int]] = set()
-
-    def node(self, li: Any, i: Any, what: str) -> tuple[int, int]:
-        ok = isinstance(li, int) and isinstance(i, int) and 0 <= li < len(self.sizes)
-        if not ok or not 0 <= i < self.sizes[li] or (li, i) in self.seen:
-            raise GraphFormatError(f"{self.source}: {what} does not fit the layers {self.sizes}")
-        self.seen.add((li, i))
-        return li, i
-
-    def edge(self, src: tuple[int, int], dst: tuple[int, int], weight: Any, what: str) -> None:
-        if dst[0] != src[0] + 1:
-            raise GraphFormatError(f"{self.source}: {what} skips or reverses layers")
-        self.edges[src[0]][dst[1], src[1]] = weight
-
-    def build(self, metadata: Any, has_modules: bool) -> InteractionGraph:
-        if len(self.seen) != sum(self.sizes):
-            raise GraphFormatError(
-                f"{self.source}: {len(self.seen)} nodes, the layers say {sum(self.sizes)}"
-            )
-        layers = [
-            NodeLayer(name, n, self.lam[k], self.const[k], self.var[k])
-            for k, (name, n) in enumerate(zip(self.names, self.sizes, strict=True))
-        ]
-        mods = self.modules if has_modules else None
-        return InteractionGraph(layers, self.edges, metadata, mods)
 
 
 # ---------------------------------------------------------------------------------- GEXF
@@ -187,45 +135,65 @@ def write_gexf(
 def read_gexf(path: PathLike) -> InteractionGraph:
     """Read a GEXF file written by :func:`write_gexf` (parsed by ``networkx.read_gexf``).
 
+    Every node, edge and attribute is checked as :func:`graphs.read_graphml` checks its own.
+
     Raises
     ------
     GraphFormatError
-        Not GEXF, or not written by us (no ``interbasis.graph`` description), or attributes
-        that do not fit the layers.
+        Not GEXF, or not written by us (no ``interbasis.graph`` description), a node or an
+        edge listed twice (a repeated edge would otherwise keep one of its weights silently),
+        or attributes that are missing, mistyped or do not fit the layers.
+    FileNotFoundError
+        No file at ``path``.
     """
+    from graphs.export import _graph_from_records
+
     source = repr(str(path))
     try:
         g = nx.read_gexf(path)
         root = ET.parse(path).getroot()
     except FileNotFoundError:
         raise
-    except Exception as exc:  # ParseError, NetworkXError: not GEXF
+    except Exception as exc:  # ParseError, NetworkXError, ValueError of a typed value: not GEXF
         raise GraphFormatError(f"{source} is not a readable GEXF file ({exc})") from exc
     desc = [el.text for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "description"]
     try:
         header = json.loads(desc[0] or "") if desc else None
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:
         raise GraphFormatError(f"{source}: <description> is not JSON ({exc})") from exc
-    names, sizes = _check_layers(header, source)
-    b = _Builder(names, sizes, source)
-    has_modules = any("module" in attrs for _, attrs in g.nodes(data=True))
-    where: dict[str, tuple[int, int]] = {}
-    for node_id, attrs in g.nodes(data=True):
-        try:
-            li, i = b.node(attrs["layer_index"], attrs["index"], f"node {node_id!r}")
-            if node_id != f"{names[li]}:{i}":
-                raise GraphFormatError(f"{source}: node {node_id!r} is not node {i} of {names[li]}")
-            b.lam[li][i], b.var[li][i] = attrs["eigenvalue"], attrs["activation_variance"]
-            b.const[li][i] = attrs["is_constant"]
-            if has_modules:
-                b.modules[li][i] = attrs["module"]
-        except KeyError as exc:
-            raise GraphFormatError(f"{source}: node {node_id!r} has no {exc} attribute") from exc
-        where[node_id] = (li, i)
-    for s, t, attrs in g.edges(data=True):
-        b.edge(where[s], where[t], attrs.get("weight", 1.0), f"edge {s!r} -> {t!r}")
-    assert header is not None
-    return b.build(header.get("metadata", {}), has_modules)
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise GraphFormatError(
+            f"{source} was not written by graphs.write_gexf (no {FORMAT!r} header in <description>)"
+        )
+    # networkx silently merges a node or an edge listed twice (keeping one weight), keeps the
+    # last of a repeated <attvalue>, and adds a node for an edge end that is not listed: read
+    # the XML elements to catch all of these
+    ids, pairs = [], []
+    for el in root.iter():
+        tag = el.tag.rsplit("}", 1)[-1]
+        if tag == "node":
+            ids.append(el.get("id"))
+        elif tag == "edge":
+            pairs.append((el.get("source"), el.get("target")))
+        elif tag == "attvalues":
+            keys = [item.get("for") for item in el]
+            if len(set(keys)) != len(keys):
+                raise GraphFormatError(
+                    f"{source}: an <attvalues> block repeats an attribute ('for' ids {keys})"
+                )
+    twice = [i for i, n in Counter(ids).items() if n > 1]
+    if twice:
+        raise GraphFormatError(f"{source}: node {twice[0]!r} appears twice")
+    twice_e = [pair for pair, n in Counter(pairs).items() if n > 1]
+    if twice_e:
+        s, t = twice_e[0]
+        raise GraphFormatError(
+            f"{source}: edge {s!r} -> {t!r} appears twice; a graph holds one weight per node pair"
+        )
+    listed = set(ids)
+    nodes = [(n, attrs) for n, attrs in g.nodes(data=True) if n in listed]
+    edges = list(g.edges(data=True))
+    return _graph_from_records(header, nodes, edges, source)
 
 
 # ---------------------------------------------------------------------------------- Neuronpedia
@@ -357,16 +325,23 @@ def read_neuronpedia_json(path: PathLike) -> InteractionGraph:
     Raises
     ------
     GraphFormatError
-        Not JSON, a field of the circuit-tracer schema missing or mistyped, or a graph file not
+        Not JSON, a field of the circuit-tracer schema missing or mistyped, a graph file not
         written by us (no ``metadata.interbasis``: foreign attribution graphs have edges that
-        skip layers and no Λ, so they are not interaction graphs).
+        skip layers and no Λ, so they are not interaction graphs), a node or link listed
+        twice, a node in two supernodes, or ids and values that do not fit the layers.
+    FileNotFoundError
+        No file at ``path``.
     """
+    from graphs.export import _check_header, _graph_from_records, _layer_specs
+
     source = repr(str(path))
     try:
-        with open(path, encoding="utf-8") as fh:
-            obj = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise GraphFormatError(f"{source} is not JSON ({exc})") from exc
+        with open(path, "rb") as fh:
+            obj = json.loads(fh.read())
+    except FileNotFoundError:
+        raise
+    except (ValueError, RecursionError, OSError) as exc:  # UnicodeDecodeError is a ValueError
+        raise GraphFormatError(f"{source} is not a readable JSON file ({exc})") from exc
     check_neuronpedia(obj, source)
     info = obj["metadata"].get("interbasis")
     if info is None:
@@ -374,36 +349,67 @@ def read_neuronpedia_json(path: PathLike) -> InteractionGraph:
             f"{source} has no metadata.interbasis block: it was not written by "
             "graphs.write_neuronpedia_json, and only those files can be read back"
         )
-    names, sizes = _check_layers(info, source)
-    b = _Builder(names, sizes, source)
-    where: dict[str, tuple[int, int]] = {}
+    names, sizes = _layer_specs(_check_header(info, source), source)
+    has_modules = info.get("has_modules", False)
+    if not isinstance(has_modules, bool):
+        raise GraphFormatError(
+            f"{source}: metadata.interbasis.has_modules must be true or false, got {has_modules!r}"
+        )
+    ours: dict[str, str] = {}  # circuit-tracer node_id -> our "{layer}:{index}"
+    nodes: list[tuple[Any, dict[str, Any]]] = []
     for node in obj["nodes"]:
-        li, i = b.node(int(node["layer"]) if node["layer"].isdigit() else -1, node["feature"],
-                       f"node {node['node_id']!r}")  # fmt: skip
-        if node["node_id"] != _np_ids(li, i)[0]:
-            raise GraphFormatError(f"{source}: node_id {node['node_id']!r} != layer_feature_0")
-        nan = float("nan")
-        b.lam[li][i] = nan if node["influence"] is None else node["influence"]
-        b.var[li][i] = nan if node["activation"] is None else node["activation"]
-        where[node["node_id"]] = (li, i)
+        layer, feature, node_id = node["layer"], node["feature"], node["node_id"]
+        li = int(layer) if layer.isascii() and layer.isdigit() else -1
+        if not (0 <= li < len(names) and 0 <= feature < sizes[li]):
+            raise GraphFormatError(
+                f"{source}: node {node_id!r} (layer {layer!r}, feature {feature}) does not fit "
+                f"the layers {dict(zip(names, sizes, strict=True))}"
+            )
+        if node_id != _np_ids(li, feature)[0]:
+            raise GraphFormatError(
+                f"{source}: node_id {node_id!r} is not '{{layer}}_{{feature}}_0' "
+                f"({_np_ids(li, feature)[0]!r})"
+            )
+        ours[node_id] = f"{names[li]}:{feature}"
+        nodes.append((ours[node_id], {
+            "layer_index": li, "index": feature, "eigenvalue": node["influence"],
+            "activation_variance": node["activation"], "is_constant": False,
+        }))  # fmt: skip
 
-    def find(node_id: Any, what: str) -> tuple[int, int]:
-        if node_id not in where:
+    def find(node_id: Any, what: str) -> str:
+        if not isinstance(node_id, str) or node_id not in ours:
             raise GraphFormatError(f"{source}: {what} names an unknown node {node_id!r}")
-        return where[node_id]
+        return ours[node_id]
 
-    for node_id in info.get("constant_nodes", []):
-        li, i = find(node_id, "metadata.interbasis.constant_nodes")
-        b.const[li][i] = True
-    for group in obj["qParams"]["supernodes"]:
-        name = str(group[0]) if group else ""
-        if not name.startswith("module ") or not name[7:].isdigit():
-            raise GraphFormatError(f"{source}: supernode {name!r} is not named 'module <id>'")
+    attrs = dict(nodes)  # a node listed twice is reported by _graph_from_records
+    constant = info.get("constant_nodes", [])
+    if not isinstance(constant, list):
+        raise GraphFormatError(f"{source}: metadata.interbasis.constant_nodes must be a list")
+    for node_id in constant:
+        attrs[find(node_id, "metadata.interbasis.constant_nodes")]["is_constant"] = True
+    module_of: dict[str, int] = {}
+    for k, group in enumerate(obj["qParams"]["supernodes"]):
+        name = group[0] if isinstance(group, list) and group else None
+        if not (isinstance(name, str) and name.startswith("module ") and name[7:].isascii()
+                and name[7:].isdigit()):  # fmt: skip
+            raise GraphFormatError(
+                f"{source}: qParams.supernodes[{k}] must be a list ['module <id>', node ids...], "
+                f"got {group!r:.80}"
+            )
         for node_id in group[1:]:
-            li, i = find(node_id, f"supernode {name!r}")
-            b.modules[li][i] = int(name[7:])
+            ours_id = find(node_id, f"supernode {name!r}")
+            if ours_id in module_of:
+                raise GraphFormatError(
+                    f"{source}: node {node_id!r} is in two supernodes (module "
+                    f"{module_of[ours_id]} and {name!r})"
+                )
+            module_of[ours_id] = int(name[7:])
+    if has_modules:
+        for node_id, node_attrs in attrs.items():
+            node_attrs["module"] = module_of.get(node_id, -1)
+    links = []
     for link in obj["links"]:
         s, t = link["source"], link["target"]
         what = f"link {s!r} -> {t!r}"
-        b.edge(find(s, what), find(t, what), link["weight"], what)
-    return b.build(info.get("metadata", {}), bool(info.get("has_modules")))
+        links.append((find(s, what), find(t, what), {"weight": link["weight"]}))
+    return _graph_from_records(info, nodes, links, source)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import random
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -180,9 +181,7 @@ def _check_args(
             raise ModuleSearchError(f"quality must be one of {QUALITIES}, got {quality!r}")
         if engine is not None and engine not in ENGINES:
             raise ModuleSearchError(f"engine must be one of {ENGINES}, got {engine!r}")
-        if resolution is not None and not (0 <= resolution < np.inf):
-            raise ModuleSearchError(f"resolution must be finite and >= 0, got {resolution!r}")
-        return
+        return  # resolution was checked by find_modules
     if resolution is not None or quality is not None or engine is not None:
         raise ModuleSearchError(
             f"resolution/quality/engine are Leiden parameters; {method!r} uses none"
@@ -453,6 +452,12 @@ def adjusted_rand_index(a: Any, b: Any) -> float:
     import igraph
 
     ma, mb = getattr(a, "membership", a), getattr(b, "membership", b)
+    for name, m in (("a", ma), ("b", mb)):
+        if not isinstance(m, Mapping) or not all(_is_int(k) for k in m.values()):
+            raise ModuleSearchError(
+                f"adjusted_rand_index: {name} must be a Partition or a dict node id -> int "
+                f"module id, got {type(m).__name__}"
+            )
     common = [n for n, m in ma.items() if m >= 0 and mb.get(n, -1) >= 0]
     if len(common) < 2:
         raise ModuleSearchError(f"ARI needs >= 2 nodes assigned in both; got {len(common)}")

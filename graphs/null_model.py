@@ -95,8 +95,13 @@ def null_model(
         ``z = ±inf`` when all null values are equal and differ from the observed one; 0 when
         they all equal it.
     """
-    if not isinstance(n_shuffles, int) or n_shuffles < 2:
+    if isinstance(n_shuffles, bool) or not isinstance(n_shuffles, int) or n_shuffles < 2:
         raise ModuleSearchError(f"n_shuffles must be an int >= 2, got {n_shuffles!r}")
+    if not isinstance(partition, Partition):
+        raise ModuleSearchError(
+            f"partition must be a graphs.Partition (from find_modules), got "
+            f"{type(partition).__name__}"
+        )
     kwargs = partition.search_kwargs()
     observed_cost = cut_cost(graph, partition, partition.epsilon, partition.cost_model)
     observed = _saving(graph, partition)
@@ -147,9 +152,16 @@ def resolution_sweep(
     Small resolutions give few, large modules (low cut cost); large ones split the graph (for
     CPM, all singletons once the resolution exceeds every edge cost: cut cost = total cost).
     """
-    res = np.asarray(list(resolutions), dtype=np.float64)
-    if res.size == 0:
-        raise ModuleSearchError("resolutions is empty")
+    try:
+        res = np.asarray(list(resolutions), dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ModuleSearchError(
+            f"resolutions must be a list of numbers, got {resolutions!r:.80}"
+        ) from exc
+    if res.ndim != 1 or res.size == 0:
+        raise ModuleSearchError(
+            f"resolutions must be a non-empty list of numbers, got {resolutions!r:.80}"
+        )
     parts = [
         find_modules(
             graph,
@@ -187,10 +199,14 @@ def stability(
     is the mean adjusted Rand index (:func:`graphs.adjusted_rand_index`) over all pairs
     (1 = identical every time).
     """
-    if not 0 <= relative_step < 1:
+    if (
+        isinstance(relative_step, bool)
+        or not isinstance(relative_step, int | float)
+        or not 0 <= relative_step < 1
+    ):
         raise ModuleSearchError(f"relative_step must be in [0, 1), got {relative_step!r}")
-    if len(seeds) == 0:
-        raise ModuleSearchError("seeds is empty")
+    if not isinstance(seeds, Sequence) or len(seeds) == 0:
+        raise ModuleSearchError(f"seeds must be a non-empty list of ints, got {seeds!r}")
     steps = sorted({1 - relative_step, 1.0, 1 + relative_step})
     parts = [
         find_modules(

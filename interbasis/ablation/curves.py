@@ -38,7 +38,7 @@ from interbasis.ablation.forward import Forward, check_bases, labelled_batches, 
 from interbasis.ablation.metrics import MetricFn, check_metric, make_accumulator
 from interbasis.basis import Basis
 from interbasis.capture import OUTPUT
-from interbasis.errors import NodeLayerError
+from interbasis.errors import DataError, NodeLayerError
 
 CountKind = Literal["ablated", "kept"]
 JOINT = "joint"
@@ -85,10 +85,10 @@ class AblationCurve:
 
 def _check_counts(counts: Sequence[int]) -> tuple[int, ...]:
     if isinstance(counts, int) or len(counts) == 0:
-        raise ValueError(f"counts must be a non-empty sequence of ints, got {counts!r}")
+        raise DataError(f"counts must be a non-empty sequence of ints, got {counts!r}")
     for c in counts:
         if isinstance(c, bool) or not isinstance(c, int | np.integer) or c < 0:
-            raise ValueError(f"counts must be integers >= 0, got {c!r}")
+            raise DataError(f"counts must be integers >= 0, got {c!r}")
     return tuple(int(c) for c in counts)
 
 
@@ -151,7 +151,7 @@ def ablation_curve(
     check_metric(metric)
     check_mode(mode, truncated)
     if count not in ("ablated", "kept"):
-        raise ValueError(f'count must be "ablated" or "kept", got {count!r}')
+        raise DataError(f'count must be "ablated" or "kept", got {count!r}')
     counts_t = _check_counts(counts)
     names = _layers(node_layer)
     table = check_bases(bases, names)

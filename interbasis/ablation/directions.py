@@ -35,17 +35,18 @@ from typing import Literal
 import torch
 
 from interbasis.basis import Basis
+from interbasis.errors import DataError
 
 Mode = Literal["zero", "mean"]
 Truncated = Literal["keep", "drop"]
 
 
 def check_mode(mode: str, truncated: str) -> None:
-    """Raise ``ValueError`` for unknown options."""
+    """Raise :class:`~interbasis.DataError` for unknown options."""
     if mode not in ("zero", "mean"):
-        raise ValueError(f'mode must be "zero" or "mean", got {mode!r}')
+        raise DataError(f'mode must be "zero" or "mean", got {mode!r}')
     if truncated not in ("keep", "drop"):
-        raise ValueError(f'truncated must be "keep" or "drop", got {truncated!r}')
+        raise DataError(f'truncated must be "keep" or "drop", got {truncated!r}')
 
 
 def nonconstant(basis: Basis) -> torch.Tensor:
@@ -66,7 +67,7 @@ def least_important(basis: Basis, n: int) -> torch.Tensor:
     """Indices of the ``n`` least important non-constant directions."""
     order = importance_order(basis)
     if not 0 <= n <= order.numel():
-        raise ValueError(
+        raise DataError(
             f"node layer {basis.name!r}: cannot ablate {n} directions; it has {order.numel()} "
             "non-constant directions (the constant direction is never ablated)"
         )
@@ -99,7 +100,10 @@ class DirectionAblation:
         check_mode(mode, truncated)
         S = torch.as_tensor(ablated, dtype=torch.long)
         if basis.has_constant and (S == 0).any():
-            raise ValueError(f"node layer {basis.name!r}: the constant direction 0 is not ablated")
+            raise DataError(
+                f"node layer {basis.name!r}: the constant direction 0 cannot be ablated "
+                f"(ablated={S.tolist()}); it carries the mean"
+            )
         d = basis.dim
         self.basis = basis.to(device)
         self.empty = S.numel() == 0

@@ -47,7 +47,7 @@ from interbasis.ablation.forward import Forward, check_bases, labelled_batches, 
 from interbasis.ablation.metrics import MetricFn, check_metric, make_accumulator
 from interbasis.basis import Basis
 from interbasis.capture import OUTPUT
-from interbasis.errors import ShapeError
+from interbasis.errors import DataError, ShapeError
 
 DEFAULT_MAX_ROWS = 16384
 
@@ -85,10 +85,14 @@ def _sections(graph: InteractionGraph, section: int | str | None) -> list[int]:
         return list(range(len(names) - 1))
     if isinstance(section, str):
         if section not in names[:-1]:
-            raise ValueError(f"section {section!r} is not an input layer of {names[:-1]}")
+            raise DataError(f"section {section!r} is not an input layer of {names[:-1]}")
         return [names.index(section)]
+    if isinstance(section, bool) or not isinstance(section, int | np.integer):
+        raise DataError(
+            f"section must be an int index, an input layer name or None, got {section!r}"
+        )
     if not 0 <= section < len(names) - 1:
-        raise ValueError(f"section index {section} out of range 0..{len(names) - 2}")
+        raise DataError(f"section index {section} out of range 0..{len(names) - 2}")
     return [int(section)]
 
 
@@ -107,7 +111,7 @@ def edge_mask(graph: InteractionGraph, s: int, keep: int) -> np.ndarray:
     number, as rib does), plus the constant input column."""
     order = edge_order(graph, s)
     if isinstance(keep, bool) or not isinstance(keep, int | np.integer) or keep < 0:
-        raise ValueError(f"keep must be an integer >= 0, got {keep!r}")
+        raise DataError(f"keep must be an integer >= 0, got {keep!r}")
     mask = np.zeros(graph.edges[s].shape, dtype=bool)
     mask.ravel()[order[:keep]] = True
     if graph.layers[s].has_constant:
@@ -174,6 +178,8 @@ def _evaluate(
     batch_size: int | None, max_rows: int,
 ) -> tuple[dict[int, list[float]], float, int]:  # fmt: skip
     """Metric for each section ``s`` and each keep in ``plan[s]`` (one pass over the data)."""
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+        raise DataError(f"max_rows must be an int >= 1, got {max_rows!r}")
     names = [layer.name for layer in graph.layers]
     table = check_bases(bases, names)
     model, dev = prepare_model(model, dtype, device)
@@ -231,9 +237,14 @@ def edge_ablation(
     """
     check_metric(metric)
     check_mode(mode, "keep")
-    keeps = (keep,) if isinstance(keep, int | np.integer) else tuple(int(k) for k in keep)
+    if isinstance(keep, int | np.integer):
+        keeps: tuple[Any, ...] = (keep,)
+    elif isinstance(keep, Sequence | np.ndarray) and not isinstance(keep, str):
+        keeps = tuple(keep)
+    else:
+        raise DataError(f"keep must be an int or a sequence of ints, got {keep!r}")
     if not keeps:
-        raise ValueError("keep is empty")
+        raise DataError("keep is empty: give one or more numbers of edges to keep")
     sections = _sections(graph, section)
     for s in sections:
         for k in keeps:
@@ -278,8 +289,8 @@ def edges_needed(
     edges kept is exact (distance 0), so the answer exists; it is the linear scan's when the
     distance to the baseline falls monotonically as edges are added.
     """
-    if not tolerance >= 0:
-        raise ValueError(f"tolerance must be >= 0, got {tolerance!r}")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not tolerance >= 0:
+        raise DataError(f"tolerance must be a number >= 0, got {tolerance!r}")
     check_metric(metric)
     check_mode(mode, "keep")
     names = [layer.name for layer in graph.layers]

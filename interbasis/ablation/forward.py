@@ -31,9 +31,9 @@ def prepare_model(
 ) -> tuple[nn.Module, torch.device]:
     """The model in eval mode on ``device`` in ``dtype`` (a copy when anything must change)."""
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+        raise DataError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise DataError(f"dtype must be a floating torch dtype (e.g. torch.float64), got {dtype!r}")
     target = torch.device(device) if device is not None else None
     if target is None:
         target = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -55,7 +55,14 @@ def labelled_batches(
     :mod:`interbasis.data`. Tensors and tuples are split into ``batch_size`` rows.
     """
     check_data(data)
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+    if isinstance(data, Mapping):
+        raise DataError(
+            "ablation runs the model on tensor inputs; keyword inputs (a mapping such as "
+            f"{sorted(map(str, data))[:3]}) are not supported: pass a tensor or (inputs, targets)"
+        )
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
         raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
     size = batch_size or DEFAULT_BATCH_SIZE
     source: Any = [data] if isinstance(data, tuple | torch.Tensor) else data
@@ -67,7 +74,8 @@ def labelled_batches(
             else (batch, None)
         )
         if not isinstance(x, torch.Tensor) or x.ndim == 0 or x.shape[0] == 0:
-            raise DataError(f"batch {i}: the model input must be a non-empty tensor")
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise DataError(f"batch {i}: the model input must be a non-empty tensor, got {got}")
         if y is not None and (not isinstance(y, torch.Tensor) or y.shape[0] != x.shape[0]):
             raise DataError(
                 f"batch {i}: targets must be a tensor with one row per input "
@@ -81,7 +89,7 @@ def labelled_batches(
             yb = None if y is None else y[start : start + size].to(device)
             yield xb, yb
     if n == 0:
-        raise DataError("data holds no batches")
+        raise DataError("data holds no batches: give a tensor or a non-empty list of batches")
 
 
 def check_bases(
@@ -90,14 +98,24 @@ def check_bases(
     """``{name: basis}`` for every name in ``names``, with clear errors."""
     if isinstance(bases, Basis):
         bases = [bases]
-    table = dict(bases) if isinstance(bases, Mapping) else {b.name: b for b in bases}
+    if isinstance(bases, Mapping):
+        table = dict(bases)
+    elif isinstance(bases, Sequence) and not isinstance(bases, str):
+        for i, b in enumerate(bases):
+            if not isinstance(b, Basis):
+                raise DataError(f"bases[{i}] is a {type(b).__name__}, not a Basis")
+        table = {b.name: b for b in bases}
+    else:
+        raise DataError(
+            f"bases must be a list of Basis or a dict name -> Basis, got {type(bases).__name__}"
+        )
     for name in names:
         if name not in table:
             raise ShapeError(
                 f"no basis for node layer {name!r}; bases are given for {sorted(table)}"
             )
         if not isinstance(table[name], Basis):
-            raise TypeError(f"basis of {name!r} is a {type(table[name]).__name__}, not a Basis")
+            raise DataError(f"basis of {name!r} is a {type(table[name]).__name__}, not a Basis")
     return {n: table[n].to("cpu") for n in names}
 
 

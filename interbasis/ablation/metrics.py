@@ -129,11 +129,11 @@ class _R2:
 
 
 def check_metric(metric: Any) -> None:
-    """Raise ``ValueError`` for an unknown metric name (before any expensive work)."""
+    """Raise :class:`~interbasis.DataError` for an unknown metric name (before any work)."""
     if callable(metric):
         return
     if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS} or a callable, got {metric!r}")
+        raise DataError(f"metric must be one of {METRICS} or a callable, got {metric!r}")
 
 
 def make_accumulator(metric: str | MetricFn) -> Accumulator:

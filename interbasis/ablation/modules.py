@@ -26,7 +26,7 @@ from interbasis.ablation.forward import Forward, check_bases, labelled_batches, 
 from interbasis.ablation.metrics import MetricFn, check_metric, make_accumulator
 from interbasis.basis import Basis
 from interbasis.capture import OUTPUT
-from interbasis.errors import ShapeError
+from interbasis.errors import DataError, ShapeError
 
 
 @dataclass
@@ -44,18 +44,34 @@ class ModuleAblation:
 def _membership(partition: Any) -> dict[str, int]:
     membership = getattr(partition, "membership", partition)
     if not isinstance(membership, Mapping):
-        raise TypeError(
+        raise DataError(
             "partition must be a graphs.Partition or a dict node id -> module id, got "
             f"{type(partition).__name__}"
         )
+    for node_id, m in membership.items():
+        if isinstance(m, bool) or not isinstance(m, int | np.integer):
+            raise DataError(f"partition: module id of node {node_id!r} must be an int, got {m!r}")
     return {str(k): int(v) for k, v in membership.items()}
 
 
 def _groups(groups: Mapping[str, Sequence[int]] | None) -> dict[str, list[int] | None]:
     if groups is None:
         return {"all": None}
+    if not isinstance(groups, Mapping):
+        raise DataError(
+            f"groups must be a dict name -> output column indices, got {type(groups).__name__}"
+        )
     if not groups:
-        raise ValueError("groups is empty: give {name: output column indices}")
+        raise DataError("groups is empty: give {name: output column indices}")
+    for name, cols in groups.items():
+        if (
+            isinstance(cols, str | bytes)
+            or not isinstance(cols, Sequence | np.ndarray)
+            or any(isinstance(i, bool) or not isinstance(i, int | np.integer) for i in cols)
+        ):
+            raise DataError(
+                f"groups[{name!r}] must be a list of output column indices, got {cols!r}"
+            )
     return {str(k): [int(i) for i in v] for k, v in groups.items()}
 
 
@@ -69,9 +85,14 @@ def module_nodes(
         if m < 0:
             continue
         name, _, index = node_id.rpartition(":")
-        if name not in layers:
+        if name not in layers or not (index.isascii() and index.isdigit()):
             raise ShapeError(f"partition node {node_id!r} is not in the graph's layers")
         i = int(index)
+        if i >= layers[name].size:
+            raise ShapeError(
+                f"partition node {node_id!r} is not in the graph: layer {name!r} has "
+                f"{layers[name].size} nodes"
+            )
         if name == OUTPUT or layers[name].is_constant[i]:
             continue
         out.setdefault(m, {}).setdefault(name, []).append(i)
