@@ -29,8 +29,10 @@ import scipy.fft
 import torch
 from torch.func import jvp, vmap
 
+from interbasis.curvature.objective import refuse_running_stats
 from interbasis.curvature.params import ParamLayout
 from interbasis.errors import DataError, NonFiniteError, ShapeError
+from interbasis.train_mode import TrainMode, analysed_model
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,8 @@ def spectral_centroid(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         v = v[:, :, None]
     if v.ndim != 3 or v.shape[1] != xs.shape[0]:
         raise ShapeError(
-            f"values of shape {tuple(values.shape)} do not fit a grid of {xs.shape[0]}"
+            f"values of shape {tuple(values.shape)} do not fit a grid of {xs.shape[0]} points; "
+            "expected (k, n_grid) or (k, n_grid, d_out) with n_grid the length of x"
         )
     n = xs.shape[0]
     power = (scipy.fft.dct(v, type=2, norm="ortho", axis=1) ** 2).sum(axis=2)  # (k, n)
@@ -134,6 +137,7 @@ def eigenvector_functions(
     params: Sequence[str] | None = None,
     dtype: torch.dtype = torch.float64,
     frequency: bool = True,
+    train_mode: TrainMode = "eval",
 ) -> EigenFunctions:
     """``δf_i(x) = J(x) v_i`` on ``x_grid`` (seed 000), with frequency and amplitude.
 
@@ -153,7 +157,14 @@ def eigenvector_functions(
         As in :class:`~interbasis.curvature.objective.Objective` (float64 default).
     frequency : bool
         Compute the spectral centroid and sign changes (needs a 1-D grid).
+    train_mode : {"eval", "error", "keep"}
+        A model in train mode: the functions of an eval-mode copy (default, with a warning),
+        refused (:class:`~interbasis.errors.DataError`) or the model as it is; the model is
+        evaluated on copies of its buffers, so the caller's model is never changed
+        (:mod:`interbasis.train_mode`).
     """
+    model = analysed_model(model, train_mode, "eigenvector functions")
+    refuse_running_stats(model, train_mode, "eigenvector functions")
     layout = ParamLayout.from_model(model, params)
     V = torch.as_tensor(vectors).to(dtype)
     if V.ndim == 1:
@@ -163,14 +174,21 @@ def eigenvector_functions(
             f"vectors of shape {tuple(V.shape)} do not fit P={layout.size} parameters "
             "(expected (P,) or (P, k))"
         )
-    if eigenvalues is not None and torch.as_tensor(eigenvalues).reshape(-1).shape[0] != V.shape[1]:
-        raise ShapeError(f"{len(eigenvalues)} eigenvalues for {V.shape[1]} vectors")
+    n_values = None if eigenvalues is None else torch.as_tensor(eigenvalues).reshape(-1).shape[0]
+    if n_values is not None and n_values != V.shape[1]:
+        raise ShapeError(
+            f"eigenvalues: {n_values} values for {V.shape[1]} vectors (columns of vectors); "
+            "pass one eigenvalue per vector"
+        )
     if a is not None and not (np.isfinite(a) and a != 0):
         raise DataError(f"finite-difference step a must be finite and non-zero, got {a}")
     theta = layout.gather(model, dtype)
     fixed = {n: p.detach().to(dtype) for n, p in model.named_parameters() if n not in layout.names}
-    fixed.update(
-        {n: b.detach().to(dtype) if b.is_floating_point() else b for n, b in model.named_buffers()}
+    fixed.update(  # copies: a forward pass must never write into the caller's buffers
+        {
+            n: (b.detach().to(dtype) if b.is_floating_point() else b.detach()).clone()
+            for n, b in model.named_buffers()
+        }
     )
     x = x_grid.detach().to(dtype) if x_grid.is_floating_point() else x_grid.detach()
 
@@ -185,7 +203,11 @@ def eigenvector_functions(
         if a is not None:
             fd = vmap(lambda v: (f(theta + a * v) - f0) / a, in_dims=1)(V)
     if not bool(torch.isfinite(dfs).all()):
-        raise NonFiniteError("eigenvector functions: the JVP has NaN/Inf entries")
+        bad = int((~torch.isfinite(dfs)).sum())
+        raise NonFiniteError(
+            f"eigenvector functions: the JVP has {bad} NaN/Inf entries; check the model's "
+            "parameters, x_grid and vectors for NaN/Inf or overflow"
+        )
     dfs64 = dfs.to(torch.float64)
     return EigenFunctions(
         jvp=dfs64,

@@ -17,6 +17,7 @@ from torch.func import grad, jvp, vjp, vmap
 
 from interbasis.curvature.objective import Batch, LossFn, Objective
 from interbasis.curvature.operator import CurvatureOperator
+from interbasis.train_mode import TrainMode
 
 
 class GGNOperator(CurvatureOperator):
@@ -24,7 +25,9 @@ class GGNOperator(CurvatureOperator):
 
     Per column: a JVP through the model (``J v``), an HVP of the loss in output space
     (``H_f J v``) and a VJP back (``J^T ...``); all vmapped over a block of columns.
-    Parameters as in :class:`~interbasis.curvature.hessian.HessianOperator`.
+    Parameters as in :class:`~interbasis.curvature.hessian.HessianOperator`, including
+    ``train_mode`` (a model in train mode: eval-mode copy with a warning by default,
+    ``"error"`` refuses it, ``"keep"`` uses it; the caller's model is never changed).
     """
 
     kind = "GGN"
@@ -37,8 +40,10 @@ class GGNOperator(CurvatureOperator):
         params: Sequence[str] | None = None,
         dtype: torch.dtype = torch.float64,
         chunk_size: int = 64,
+        train_mode: TrainMode = "eval",
     ) -> None:
-        super().__init__(Objective(model, loss_fn, data, params=params, dtype=dtype), chunk_size)
+        obj = Objective(model, loss_fn, data, params=params, dtype=dtype, train_mode=train_mode)
+        super().__init__(obj, chunk_size)
 
     def _batch_matmat(self, x: torch.Tensor, y: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
         obj = self.objective
@@ -66,6 +71,11 @@ def ggn_matrix(
     data: Batch | Iterable[Batch],
     params: Sequence[str] | None = None,
     dtype: torch.dtype = torch.float64,
+    train_mode: TrainMode = "eval",
 ) -> torch.Tensor:
-    """Dense ``(P, P)`` float64 GGN (``P`` products of :class:`GGNOperator` with the identity)."""
-    return GGNOperator(model, loss_fn, data, params=params, dtype=dtype).to_dense()
+    """Dense ``(P, P)`` float64 GGN (``P`` products of :class:`GGNOperator` with the identity).
+
+    Parameters (``train_mode`` included) as in :class:`GGNOperator`.
+    """
+    op = GGNOperator(model, loss_fn, data, params=params, dtype=dtype, train_mode=train_mode)
+    return op.to_dense()

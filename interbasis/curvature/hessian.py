@@ -22,6 +22,7 @@ from torch.func import grad, vjp, vmap
 from interbasis.curvature.objective import Batch, LossFn, Objective
 from interbasis.curvature.operator import CurvatureOperator
 from interbasis.errors import NonFiniteError
+from interbasis.train_mode import TrainMode
 
 
 def hessian_matrix(
@@ -30,6 +31,7 @@ def hessian_matrix(
     data: Batch | Iterable[Batch],
     params: Sequence[str] | None = None,
     dtype: torch.dtype = torch.float64,
+    train_mode: TrainMode = "eval",
 ) -> torch.Tensor:
     """Exact Hessian of the loss w.r.t. the flat trainable parameters.
 
@@ -37,6 +39,10 @@ def hessian_matrix(
     ----------
     model, loss_fn, data, params, dtype
         As in :class:`~interbasis.curvature.objective.Objective`.
+    train_mode : {"eval", "error", "keep"}
+        A model in train mode: analyse an eval-mode copy (default, with a warning), refuse it
+        (:class:`~interbasis.errors.DataError`) or use it as it is; the caller's model and
+        buffers are never changed (:mod:`interbasis.train_mode`).
 
     Returns
     -------
@@ -44,14 +50,17 @@ def hessian_matrix(
         ``(P, P)`` float64, ordered as :class:`~interbasis.curvature.params.ParamLayout`.
         Memory is ``O(P^2)``: meant for small models (``P`` up to a few thousand).
     """
-    obj = Objective(model, loss_fn, data, params=params, dtype=dtype)
+    obj = Objective(model, loss_fn, data, params=params, dtype=dtype, train_mode=train_mode)
     H = torch.zeros(obj.layout.size, obj.layout.size, dtype=torch.float64)
     for w, (x, y) in zip(obj.weights, obj.batches, strict=True):
         H += w * torch.func.hessian(lambda t, x=x, y=y: obj.batch_loss(t, x, y))(obj.theta).to(
             torch.float64
         )
     if not bool(torch.isfinite(H).all()):
-        raise NonFiniteError(f"the Hessian has {int((~torch.isfinite(H)).sum())} NaN/Inf entries")
+        raise NonFiniteError(
+            f"the Hessian has {int((~torch.isfinite(H)).sum())} NaN/Inf entries: check the "
+            "model's parameters, the data and the loss for NaN/Inf or overflow"
+        )
     return H
 
 
@@ -64,8 +73,8 @@ class HessianOperator(CurvatureOperator):
 
     Parameters
     ----------
-    model, loss_fn, data, params, dtype
-        As in :class:`~interbasis.curvature.objective.Objective`.
+    model, loss_fn, data, params, dtype, train_mode
+        As in :func:`hessian_matrix` (train-mode policy of :mod:`interbasis.train_mode`).
     chunk_size : int
         Columns per vmapped call (bounds memory at ``chunk_size`` times one HVP).
     """
@@ -80,8 +89,10 @@ class HessianOperator(CurvatureOperator):
         params: Sequence[str] | None = None,
         dtype: torch.dtype = torch.float64,
         chunk_size: int = 64,
+        train_mode: TrainMode = "eval",
     ) -> None:
-        super().__init__(Objective(model, loss_fn, data, params=params, dtype=dtype), chunk_size)
+        obj = Objective(model, loss_fn, data, params=params, dtype=dtype, train_mode=train_mode)
+        super().__init__(obj, chunk_size)
 
     def _batch_matmat(self, x: torch.Tensor, y: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
         g = grad(lambda t: self.objective.batch_loss(t, x, y))

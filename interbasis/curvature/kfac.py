@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import numpy as np
 import torch
 from torch.func import grad, vjp, vmap
 
@@ -35,6 +36,7 @@ from interbasis.curvature.objective import Batch, LossFn, Objective
 from interbasis.curvature.params import ParamLayout
 from interbasis.curvature.spectra import EPS64, eigh_descending
 from interbasis.errors import DataError, NodeLayerError, ShapeError
+from interbasis.train_mode import TrainMode, analysed_model
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,11 @@ def _linear_layers(
             if isinstance(m, torch.nn.Linear) and _pname(n, "weight") in layout.names
         ]
         if not layers:
-            raise DataError("the model has no trainable nn.Linear layer for K-FAC")
+            raise DataError(
+                f"the model ({type(model).__name__}) has no nn.Linear layer whose weight is "
+                "differentiated, so K-FAC has no block to factor; pass layers=[...] naming "
+                "nn.Linear modules and params that include their weights"
+            )
     for name in layers:
         if name not in modules:
             raise NodeLayerError(f"unknown layer {name!r}; named modules: {list(modules)}")
@@ -112,7 +118,9 @@ def _linear_layers(
             )
         if _pname(name, "weight") not in layout.names:
             raise DataError(
-                f"layer {name!r}: its weight is not among the differentiated parameters"
+                f"layer {name!r}: its weight {_pname(name, 'weight')!r} is not among the "
+                f"differentiated parameters {list(layout.names)}; add it to params or leave "
+                "the layer out of layers"
             )
     return list(layers)
 
@@ -123,7 +131,10 @@ def block_indices(layout: ParamLayout, layer: str) -> torch.Tensor:
     w = sl[_pname(layer, "weight")]
     shape = layout.shapes[layout.names.index(_pname(layer, "weight"))]
     if len(shape) != 2:
-        raise ShapeError(f"layer {layer!r}: weight of shape {tuple(shape)} is not 2-D")
+        raise ShapeError(
+            f"layer {layer!r}: weight of shape {tuple(shape)} is not 2-D (out, in); K-FAC "
+            "blocks are defined for nn.Linear layers"
+        )
     out_dim, in_dim = shape
     idx = torch.arange(w.start, w.stop).reshape(out_dim, in_dim)
     if _pname(layer, "bias") in sl:
@@ -139,6 +150,7 @@ def kfac_factors(
     layers: Sequence[str] | None = None,
     params: Sequence[str] | None = None,
     dtype: torch.dtype = torch.float64,
+    train_mode: TrainMode = "eval",
 ) -> dict[str, KroneckerFactors]:
     """Kronecker factors ``G`` (seed 004 eq. 14) and ``K`` (eq. 15) of each ``nn.Linear``.
 
@@ -149,8 +161,12 @@ def kfac_factors(
         ``(batch, d_out)`` and layer inputs ``(batch, d_in)``.
     layers : sequence of str, optional
         Module names; default every ``nn.Linear`` whose weight is differentiated.
+    train_mode : {"eval", "error", "keep"}
+        A model in train mode: factors of an eval-mode copy (default, with a warning), refused
+        (:class:`~interbasis.errors.DataError`) or the model as it is; the hooks go on the
+        analysed model, so the caller's model and buffers are never changed.
     """
-    obj = Objective(model, loss_fn, data, params=params, dtype=dtype)
+    obj = Objective(model, loss_fn, data, params=params, dtype=dtype, train_mode=train_mode)
     model = obj.model  # the analysed model (an eval-mode copy of a train-mode one): its hooks
     names = _linear_layers(model, obj.layout, layers)
     modules = dict(model.named_modules())
@@ -195,7 +211,8 @@ def _batch_quantities(
         a = acts[n]
         if a.ndim != 2:
             raise ShapeError(
-                f"layer {n!r}: input of shape {tuple(a.shape)}; K-FAC needs (batch, d_in)"
+                f"layer {n!r}: input of shape {tuple(a.shape)}; K-FAC needs (batch, d_in) "
+                "inputs (no position or channel dimensions): leave the layer out of layers"
             )
         linear = cast(torch.nn.Linear, modules[n])  # checked by _linear_layers
         deltas.append(torch.zeros(a.shape[0], linear.out_features, dtype=obj.dtype))
@@ -268,6 +285,7 @@ def kfac_check(
     reference: str = "ggn",
     k: int = 5,
     dtype: torch.dtype = torch.float64,
+    train_mode: TrainMode = "eval",
 ) -> dict[str, KFACReport]:
     """Compare ``K ⊗ G`` with the exact per-layer block of the GGN or the Hessian.
 
@@ -279,14 +297,18 @@ def kfac_check(
     k : int
         Size of the top eigenspaces whose overlap is reported; clipped to the numerical
         rank and extended past degenerate eigenvalues (see ``KFACReport.k``).
+    train_mode : {"eval", "error", "keep"}
+        As in :func:`kfac_factors`; one eval-mode copy (one warning) serves both the factors
+        and the exact blocks.
     """
     if reference not in ("ggn", "hessian"):
         raise DataError(f"reference must be 'ggn' or 'hessian', got {reference!r}")
-    if k < 1:
-        raise DataError(f"k must be >= 1, got {k}")
-    factors = kfac_factors(model, loss_fn, data, layers=layers, dtype=dtype)
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise DataError(f"k must be an integer >= 1 (size of the top eigenspaces), got {k!r}")
+    model = analysed_model(model, train_mode, "K-FAC check")
+    factors = kfac_factors(model, loss_fn, data, layers=layers, dtype=dtype, train_mode="keep")
     op_cls = GGNOperator if reference == "ggn" else HessianOperator
-    op = op_cls(model, loss_fn, data, dtype=dtype)
+    op = op_cls(model, loss_fn, data, dtype=dtype, train_mode="keep")
     reports = {}
     for name, fac in factors.items():
         idx = block_indices(op.layout, name)

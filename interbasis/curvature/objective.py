@@ -7,9 +7,14 @@ Every curvature object in this package differentiates one function,
 
 the data-weighted average of ``loss_fn`` over the batches ``(X_b, Y_b)`` (exact for losses
 that average over their batch, e.g. ``reduction="mean"``; with a summing loss pass a single
-batch). The model is evaluated with :func:`torch.func.functional_call` on parameters, buffers
-and floating-point data cast to ``dtype`` (float64 by default), so the model itself is left
-untouched and the derivatives are float64 even for a float32 model.
+batch). The model is evaluated with :func:`torch.func.functional_call` on parameters, copies
+of its buffers and floating-point data cast to ``dtype`` (float64 by default), so the model
+itself is left untouched and the derivatives are float64 even for a float32 model.
+
+Train mode (:mod:`interbasis.train_mode`, one policy for every entry point): a model in train
+mode is analysed as an eval-mode copy with a warning (``train_mode="eval"``, default), refused
+(``"error"``) or used as it is (``"keep"``, for deterministic train-mode models; batch norm that
+updates running statistics is refused, since :mod:`torch.func` cannot differentiate it).
 """
 
 from __future__ import annotations
@@ -24,12 +29,36 @@ from interbasis.curvature.params import ParamLayout
 from interbasis.errors import DataError, ShapeError
 from interbasis.train_mode import TrainMode, analysed_model
 
+#: Modules that update buffers in place in train mode (running statistics), which the
+#: ``torch.func`` transforms refuse.
+_STATEFUL = (torch.nn.modules.batchnorm._BatchNorm,)
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.detach().to(dtype) if t.is_floating_point() else t.detach()
+
+
+def refuse_running_stats(model: torch.nn.Module, train_mode: str, what: str) -> None:
+    """Raise :class:`DataError` if a module of ``model`` would update running statistics.
+
+    Batch norm in train mode (reachable with ``train_mode="keep"``, or a train-mode submodule
+    of an eval-mode model) writes its buffers in every forward pass, which the
+    :mod:`torch.func` transforms refuse with a raw ``RuntimeError``.
+    """
+    stateful = [
+        n for n, m in model.named_modules()
+        if isinstance(m, _STATEFUL) and m.training and m.track_running_stats
+    ]  # fmt: skip
+    if stateful:
+        raise DataError(
+            f"batch-norm module(s) {stateful} are in train mode (train_mode={train_mode!r}) "
+            f"and update their running statistics in every forward pass, which the {what}'s "
+            "torch.func transforms cannot differentiate; call model.eval(), or pass "
+            'train_mode="eval" (the default) to analyse an eval-mode copy'
+        )
 
 
 def as_batches(data: Batch | Iterable[Batch], dtype: torch.dtype) -> list[Batch]:
@@ -44,16 +73,25 @@ def as_batches(data: Batch | Iterable[Batch], dtype: torch.dtype) -> list[Batch]
     else:
         pairs = list(data)
     if not pairs:
-        raise DataError("curvature: data is empty")
+        raise DataError("curvature: data is empty; pass (inputs, targets) or a list of such pairs")
     out = []
     for i, pair in enumerate(pairs):
         if not (isinstance(pair, Sequence) and len(pair) >= 2):
-            raise DataError(f"batch {i} is not an (inputs, targets) pair: {type(pair).__name__}")
+            raise DataError(
+                f"data: batch {i} is not an (inputs, targets) pair: {type(pair).__name__}"
+                + (f" of length {len(pair)}" if isinstance(pair, Sequence) else "")
+            )
         x, y = pair[0], pair[1]
         if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-            raise DataError(f"batch {i}: inputs and targets must be tensors")
+            raise DataError(
+                f"data: batch {i}: inputs and targets must be tensors, got "
+                f"{type(x).__name__} and {type(y).__name__}"
+            )
         if x.ndim == 0 or x.shape[0] == 0:
-            raise DataError(f"batch {i}: inputs of shape {tuple(x.shape)} hold no samples")
+            raise DataError(
+                f"data: batch {i}: inputs of shape {tuple(x.shape)} hold no samples (need "
+                "(batch, ...) with batch >= 1)"
+            )
         out.append((_cast(x, dtype), _cast(y, dtype)))
     return out
 
@@ -75,7 +113,8 @@ class Objective:
         Dtype of every evaluation (float64 default).
     train_mode : {"eval", "error", "keep"}
         A model in train mode is analysed as an eval-mode copy (default, with a warning),
-        refused, or kept (:mod:`interbasis.train_mode`).
+        refused with :class:`~interbasis.errors.DataError`, or kept as it is
+        (:mod:`interbasis.train_mode`). The caller's model and buffers are never changed.
     """
 
     def __init__(
@@ -89,6 +128,7 @@ class Objective:
         train_mode: TrainMode = "eval",
     ) -> None:
         model = analysed_model(model, train_mode, "curvature")
+        refuse_running_stats(model, train_mode, "curvature")
         self.model = model
         self.loss_fn = loss_fn
         self.dtype = dtype
@@ -100,7 +140,8 @@ class Objective:
         self.theta = self.layout.gather(model, dtype)
         chosen = set(self.layout.names)
         self._fixed = {n: _cast(p, dtype) for n, p in model.named_parameters() if n not in chosen}
-        self._fixed.update({n: _cast(b, dtype) for n, b in model.named_buffers()})
+        # copies: a forward pass must never write into the caller's buffers
+        self._fixed.update({n: _cast(b, dtype).clone() for n, b in model.named_buffers()})
         x0, y0 = self.batches[0]
         with torch.no_grad():
             value = self.batch_loss(self.theta, x0, y0)

@@ -46,7 +46,11 @@ class CurvatureOperator(LinearOperator):
 
     # subclasses implement this: (P, m) -> (P, m) for one batch, vmapped over columns
     def _batch_matmat(self, x: torch.Tensor, y: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement _batch_matmat: CurvatureOperator is a "
+            "base class; use HessianOperator or GGNOperator, or implement "
+            "_batch_matmat(x, y, V) -> (P, m) in the subclass"
+        )
 
     def matmat_torch(self, V: torch.Tensor) -> torch.Tensor:
         """``C @ V`` for ``V`` of shape ``(P,)`` or ``(P, m)`` as a torch tensor."""
@@ -55,7 +59,8 @@ class CurvatureOperator(LinearOperator):
         V2 = V.reshape(V.shape[0], -1).to(obj.dtype)
         if V2.shape[0] != self.shape[0]:
             raise DataError(
-                f"{self.kind}: vector of length {V2.shape[0]}, expected {self.shape[0]}"
+                f"{self.kind}: vector of length {V2.shape[0]}, expected {self.shape[0]} (one "
+                "entry per parameter, in ParamLayout order)"
             )
         chunks = []
         for start in range(0, V2.shape[1], self.chunk_size):

@@ -58,7 +58,7 @@ class ParamLayout:
             if bad:
                 raise DataError(f"parameter(s) {bad} have requires_grad=False and cannot be used")
             if len(set(params)) != len(params):
-                raise DataError(f"parameter names repeat: {list(params)}")
+                raise DataError(f"params: parameter names repeat in {list(params)}; list each once")
             order = {n: i for i, n in enumerate(named)}
             chosen = sorted(params, key=order.__getitem__)
         if not chosen:
@@ -108,7 +108,10 @@ class ParamLayout:
         parts = []
         for name, shape in zip(self.names, self.shapes, strict=True):
             if name not in tensors:
-                raise DataError(f"flatten: missing parameter {name!r}")
+                raise DataError(
+                    f"flatten: missing parameter {name!r}; pass one tensor per layout name "
+                    f"{list(self.names)}"
+                )
             t = tensors[name]
             if t.shape != shape:
                 raise DataError(

@@ -78,7 +78,10 @@ def hutchinson(
         groups = layout.groups()
     if groups is not None:
         if layout is None:
-            raise DataError("block traces need an operator with a parameter layout")
+            raise DataError(
+                f"groups: block traces need an operator with a parameter layout (a "
+                f"CurvatureOperator), got {type(op).__name__}; pass groups=None"
+            )
         for name, params in groups.items():
             idx = layout.indices(list(params)).numpy()
             blocks[name] = float(D[idx].sum(axis=0).mean())

@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from interbasis.callbacks import Callback
@@ -23,6 +24,7 @@ from interbasis.curvature.hessian import HessianOperator
 from interbasis.curvature.objective import Batch, LossFn
 from interbasis.curvature.spectra import lanczos
 from interbasis.errors import DataError, NonFiniteError
+from interbasis.train_mode import TrainMode, check_train_mode
 
 
 def subspace_rotation(previous: torch.Tensor, current: torch.Tensor) -> tuple[float, float]:
@@ -49,6 +51,12 @@ class CurvatureTracker(Callback):
         Lanczos tolerance (ARPACK relative accuracy; 0 = machine precision).
     params : sequence of str, optional
         Parameter names; default all trainable.
+    train_mode : {"eval", "error", "keep"}
+        The model is in train mode while it trains: by default each log analyses an eval-mode
+        copy (dropout off, batch-norm running statistics; a ``UserWarning`` says so),
+        ``"error"`` refuses such a model, ``"keep"`` uses it as it is (deterministic models
+        only). The training model and its buffers are never changed
+        (:mod:`interbasis.train_mode`).
 
     Attributes
     ----------
@@ -66,9 +74,12 @@ class CurvatureTracker(Callback):
         every: int = 100,
         tol: float = 1e-8,
         params: Sequence[str] | None = None,
+        train_mode: TrainMode = "eval",
     ) -> None:
-        if every < 1:
-            raise DataError(f"every must be >= 1, got {every}")
+        if isinstance(every, bool) or not isinstance(every, int | np.integer) or every < 1:
+            raise DataError(f"every must be an integer >= 1 (optimizer steps), got {every!r}")
+        check_train_mode(train_mode)
+        self.train_mode = train_mode
         self.loss_fn = loss_fn
         self.data = None if data is None else list(data) if not isinstance(data, tuple) else data
         self.k = k
@@ -100,7 +111,9 @@ class CurvatureTracker(Callback):
     ) -> None:
         lr = float(optimizer.param_groups[0]["lr"])
         try:
-            op = HessianOperator(model, self.loss_fn, data, params=self.params)
+            op = HessianOperator(
+                model, self.loss_fn, data, params=self.params, train_mode=self.train_mode
+            )
             v0 = None if self._vectors is None else self._vectors.sum(dim=1)
             pairs = lanczos(op, self.k, which="LA", v0=v0, tol=self.tol)
         except NonFiniteError as err:

@@ -76,7 +76,10 @@ class GateStats:
         p = pre.reshape(-1, self.width).to(torch.float64)
         f = post.reshape(-1, self.width).to(torch.float64)
         if not (bool(torch.isfinite(p).all()) and bool(torch.isfinite(f).all())):
-            raise NonFiniteError(f"layer {self.name!r}: NaN/Inf in pre- or post-activations")
+            raise NonFiniteError(
+                f"layer {self.name!r}: NaN/Inf in pre- or post-activations; check the model's "
+                "parameters and the data for NaN/Inf or overflow"
+            )
         self._check_relu_like(p, f)
         on = (p >= 0).to(torch.float64)  # eq. 17: r = 1 where p = 0
         p2 = p * p
@@ -169,7 +172,10 @@ def capture_points(
                 raise NodeLayerError(f"module {key[0]!r} runs more than once per forward pass")
             t = _first_float(args, key[0]) if key[1] == "input" else out
             if not isinstance(t, torch.Tensor):
-                raise DataError(f"module {key[0]!r} does not return a tensor")
+                raise DataError(
+                    f"module {key[0]!r} returns {type(t).__name__}, not a tensor: its output "
+                    "holds no activations; pass post=... naming a module whose input they are"
+                )
             got[key] = t.detach()
 
         handles.append(modules[name].register_forward_hook(hook))
@@ -181,7 +187,10 @@ def capture_points(
             h.remove()
     missing = [p for p in points if p not in got]
     if missing:
-        raise NodeLayerError(f"modules {[m for m, _ in missing]} never ran in the forward pass")
+        raise NodeLayerError(
+            f"modules {[m for m, _ in missing]} never ran in the forward pass; name modules "
+            "that the model's forward calls"
+        )
     return got
 
 

@@ -94,7 +94,11 @@ def check_behavioural_loss(loss: LossFn, reference: torch.Tensor) -> None:
     out = ref.clone().requires_grad_(True)
     value = loss(out, ref)
     if not isinstance(value, torch.Tensor) or value.ndim != 0:
-        raise DataError("loss(outputs, reference) must return a scalar tensor")
+        got = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
+        raise DataError(
+            f"loss(outputs, reference) must return a scalar tensor, got {got}; reduce over "
+            "the batch (e.g. a mean)"
+        )
     (grad,) = torch.autograd.grad(value, out, allow_unused=True)
     g = 0.0 if grad is None else float(grad.abs().max())
     v = float(value.detach())

@@ -63,6 +63,7 @@ from interbasis.degeneracy.sync import (
     Measure,
     SyncBlocks,
     blocks_from_stats,
+    check_measure,
     check_tol,
     warn_small,
 )
@@ -245,6 +246,7 @@ def degeneracy_report(
         ``print(report)`` shows the table; ``report.predicted`` and ``report.measured``.
     """
     tol, rtol = check_tol(tol), check_rtol(rtol)
+    check_measure(measure)  # fail before the expensive part
     model64 = copy.deepcopy(model).to(torch.float64).eval()
     device = next((p.device for p in model64.parameters()), torch.device("cpu"))
 

@@ -89,8 +89,8 @@ def mlp_stages(model: nn.Module, example: torch.Tensor) -> list[Stage]:
         want_linear = k % 2 == 0
         if want_linear and not isinstance(m, nn.Linear):
             raise DataError(
-                f"module {name!r} ({type(m).__name__}) is not ReLU-like / not where a Linear "
-                f"was expected: mlp_stages needs Linear (ReLU Linear)*, call order {chain}; "
+                f"module {name!r} ({type(m).__name__}) is where a Linear was expected: "
+                f"mlp_stages needs Linear (ReLU Linear)*, call order {chain}; "
                 "pass stages=[Stage(...)] explicitly for other architectures"
             )
         if not want_linear and not isinstance(m, RELU_LIKE):
@@ -133,13 +133,18 @@ def mlp_block_stages(prefix: str) -> list[Stage]:
 def check_stages(model: nn.Module, stages: list[Stage]) -> None:
     """Raise :class:`DataError` for an empty list, unknown or frozen parameters, bad outputs."""
     if not stages:
-        raise DataError("stages is empty")
+        raise DataError(
+            "stages is empty: pass at least one Stage, or stages=None to trace them with mlp_stages"
+        )
     named = dict(model.named_parameters())
     for i, s in enumerate(stages):
         for p in s.params:
             if p not in named:
                 raise DataError(f"stage {i} ({s.input!r}): unknown parameter {p!r}")
             if not named[p].requires_grad:
-                raise DataError(f"stage {i} ({s.input!r}): parameter {p!r} is frozen")
+                raise DataError(
+                    f"stage {i} ({s.input!r}): parameter {p!r} is frozen (requires_grad=False); "
+                    "the counts need differentiable stage parameters"
+                )
         if s.output == OUTPUT and i != len(stages) - 1:
             raise DataError(f'only the last stage can end at "output" (stage {i} does)')

@@ -46,6 +46,7 @@ from interbasis.build import prepare
 from interbasis.degeneracy.gates import GateStats, accumulate, resolve_post
 from interbasis.degeneracy.ranks import RTOL, check_rtol, gram_rank
 from interbasis.errors import DataError
+from interbasis.train_mode import TrainMode
 
 Measure = Literal["scale_invariant", "eq20"]
 MEASURES = ("scale_invariant", "eq20")
@@ -137,6 +138,12 @@ def check_tol(tol: float) -> float:
     return value
 
 
+def check_measure(measure: object) -> None:
+    """:class:`DataError` unless ``measure`` is one of :data:`MEASURES`."""
+    if measure not in MEASURES:
+        raise DataError(f"measure must be one of {MEASURES}, got {measure!r}")
+
+
 def pair_measures(stats: GateStats) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(hamming, distance, eq20_pairs)``, each ``(d, d)``, from the streamed statistics."""
     n = max(stats.count, 1)
@@ -160,8 +167,7 @@ def blocks_from_stats(
 ) -> SyncBlocks:  # fmt: skip
     """Form the blocks and their ranks from :class:`GateStats` (see module docstring)."""
     tol, rtol = check_tol(tol), check_rtol(rtol)
-    if measure not in MEASURES:
-        raise DataError(f"measure must be one of {MEASURES}, got {measure!r}")
+    check_measure(measure)
     d, n = stats.width, max(stats.count, 1)
     hamming, distance, eq20 = pair_measures(stats)
     if tol == 0.0:
@@ -222,6 +228,7 @@ def synchronized_neurons(
     batch_size: int | None = None,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
+    train_mode: TrainMode = "eval",
 ) -> SyncBlocks:
     """Blocks of synchronized ReLUs of one layer on ``data`` (seed 004 eqs 17, 20-22).
 
@@ -239,7 +246,7 @@ def synchronized_neurons(
         ``E[(f_i - f_j)^2]``, in squared activation units); only used when ``tol > 0``.
     rtol : eigenvalues below ``rtol`` times the largest (of the block's normalised Gram)
         count as zero when computing ``s_a``.
-    batch_size, dtype, device : as in :func:`interbasis.build_bases`.
+    batch_size, dtype, device, train_mode : as in :func:`interbasis.build_bases`.
 
     Returns
     -------
@@ -260,12 +267,12 @@ def synchronized_neurons(
         When there are fewer samples than neurons (ranks and blocks are then unreliable).
     """
     tol, rtol = check_tol(tol), check_rtol(rtol)
-    if measure not in MEASURES:
-        raise DataError(f"measure must be one of {MEASURES}, got {measure!r}")
+    check_measure(measure)
     post_name, where = resolve_post(model, layer, post)
     run = prepare(
-        model, data, [layer], dtype=dtype, device=device, batch_size=batch_size, progress=False
-    )
+        model, data, [layer], dtype=dtype, device=device, batch_size=batch_size, progress=False,
+        train_mode=train_mode,
+    )  # fmt: skip
     (stats,) = accumulate(run.model, run.batches(), [(layer, post_name, where)])
     warn_small(layer, stats.count, stats.width, "pre-activations")
     return blocks_from_stats(stats, f"{post_name}:{where}", tol, measure, rtol)

@@ -15,6 +15,14 @@ Gate convention at kinks: ``D = 1`` where ``z > 0`` and ``D = slope`` where ``z 
 ``slope = 0``), which is the subgradient torch's autograd uses, so the products agree with
 ``torch.func.jacrev`` even at exact kinks. ``LayerJacobians.n_kinks`` counts the
 pre-activations that were exactly 0.
+
+Eval-mode regularisers are read as what they compute: ``nn.Dropout`` (any ``_DropoutNd``) is
+the identity, and ``nn.BatchNorm1d`` with running statistics is the affine map
+``s * h + c`` (``s = gamma / sqrt(running_var + eps)``, ``c = beta - s * running_mean``),
+folded into the ``nn.Linear`` it follows directly (``Linear, BatchNorm1d, ReLU``) or, after an
+activation, its own diagonal factor named by the batch-norm module. In train mode both make
+the network random or batch-dependent: the entry points that take ``train_mode`` (one policy,
+:mod:`interbasis.train_mode`) analyse an eval-mode copy by default, with a warning.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from interbasis.errors import DataError, NodeLayerError, NotPiecewiseLinearError, ShapeError
+from interbasis.train_mode import TrainMode, analysed_model
 
 __all__ = [
     "LayerJacobians",
@@ -82,6 +91,43 @@ def _detached(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.detach()
 
 
+def _train_mode_error(module: nn.Module, where: str, why: str) -> NotPiecewiseLinearError:
+    return NotPiecewiseLinearError(
+        f"module {where!r} ({type(module).__name__}) {why}, so the network is not one chain of "
+        'per-input linear maps; call model.eval(), or pass train_mode="eval" (the default) '
+        "to analyse the eval-mode function of a copy"
+    )
+
+
+def _batch_norm_affine(module: nn.BatchNorm1d, where: str) -> tuple[Tensor, Tensor]:
+    """``(s, c)`` with ``module(h) = s * h + c`` in eval mode, float64."""
+    mean, var = module.running_mean, module.running_var
+    if module.training or mean is None or var is None:
+        raise _train_mode_error(
+            module,
+            where,
+            "normalises with the statistics of each batch (train mode or "
+            "track_running_stats=False): it mixes the samples of a batch",
+        )
+    scale = 1.0 / torch.sqrt(var.detach().to(torch.float64) + module.eps)
+    if module.weight is not None:
+        scale = scale * module.weight.detach().to(torch.float64)
+    shift = -scale * mean.detach().to(torch.float64)
+    if module.bias is not None:
+        shift = shift + module.bias.detach().to(torch.float64)
+    return scale, shift
+
+
+def _fold_batch_norm(
+    last: PiecewiseLinearLayer, scale: Tensor, shift: Tensor
+) -> PiecewiseLinearLayer:
+    """``last`` followed by the affine map ``s * z + c`` as one layer (same name, same dtype)."""
+    w = last.weight.to(torch.float64)
+    b = shift if last.bias is None else scale * last.bias.to(torch.float64) + shift
+    dtype = last.weight.dtype
+    return PiecewiseLinearLayer(last.name, (scale[:, None] * w).to(dtype), b.to(dtype), last.slope)
+
+
 def _from_sequential(model: nn.Sequential, prefix: str) -> list[PiecewiseLinearLayer]:
     layers: list[PiecewiseLinearLayer] = []
     gated = False
@@ -92,6 +138,21 @@ def _from_sequential(model: nn.Sequential, prefix: str) -> list[PiecewiseLinearL
         if isinstance(child, nn.Linear):
             layers.append(_linear(full, child))
             gated = False
+            continue
+        if isinstance(child, nn.modules.dropout._DropoutNd):
+            if child.training and child.p > 0:
+                raise _train_mode_error(child, full, "is in train mode: it zeroes random units")
+            continue  # the identity in eval mode
+        if isinstance(child, nn.BatchNorm1d):
+            scale, shift = _batch_norm_affine(child, full)
+            if layers and not gated:  # Linear, BatchNorm1d: one affine map
+                layers[-1] = _fold_batch_norm(layers[-1], scale, shift)
+            else:  # after an activation (or first): its own diagonal factor
+                dtype = child.running_mean.dtype if child.running_mean is not None else None
+                layers.append(
+                    PiecewiseLinearLayer(full, torch.diag(scale).to(dtype), shift.to(dtype))
+                )
+                gated = False
             continue
         slope = _activation_slope(child, f"module {full!r}")
         if slope is None:
@@ -124,22 +185,36 @@ def _tl_mlp_slope(model: nn.Module) -> float:
     )
 
 
-def piecewise_linear_layers(model: nn.Module) -> list[PiecewiseLinearLayer]:
+def piecewise_linear_layers(
+    model: nn.Module, *, train_mode: TrainMode = "eval"
+) -> list[PiecewiseLinearLayer]:
     """Read a model as a chain of :class:`PiecewiseLinearLayer`.
 
-    Supported: ``nn.Linear``; ``nn.Sequential`` of Linear / ReLU / LeakyReLU / Identity; an
+    Supported: ``nn.Linear``; ``nn.Sequential`` of Linear / ReLU / LeakyReLU / Identity, with
+    eval-mode Dropout (skipped) and BatchNorm1d (folded, see the module docstring); an
     MLP with ``layers`` (Linear modules) and ``acts`` (one activation per hidden layer), as in
     ``experiments.models``; a TransformerLens MLP block (``W_in`` ``(d_model, d_mlp)``,
     ``b_in``, ``W_out`` ``(d_mlp, d_model)``, ``b_out``, ReLU; ``x @ W_in`` layout);
     :class:`~interbasis.jacobian_spectra.fixed_gates.FixedGatesMLP`. The chain is checked
     against ``model(x)`` in :func:`layer_jacobians`.
 
+    Parameters
+    ----------
+    model : nn.Module
+    train_mode : {"eval", "error", "keep"}
+        A model in train mode: read the chain of an eval-mode copy (default, with a
+        ``UserWarning``), refuse it (:class:`~interbasis.errors.DataError`), or read it as it
+        is (``"keep"``; train-mode Dropout or BatchNorm1d then raise
+        :class:`NotPiecewiseLinearError`). The caller's model is never changed
+        (:mod:`interbasis.train_mode`).
+
     Raises
     ------
     NotPiecewiseLinearError
-        For any other module, a smooth activation (GELU, tanh, ...) or a model without a
-        linear layer (depth 0).
+        For any other module, a smooth activation (GELU, tanh, ...), train-mode Dropout or
+        BatchNorm1d, or a model without a linear layer (depth 0).
     """
+    model = analysed_model(model, train_mode, "chain of piecewise-linear layers")
     chain_fn = getattr(model, "piecewise_linear_layers", None)
     if callable(chain_fn):
         layers: list[PiecewiseLinearLayer] = chain_fn()
@@ -283,6 +358,7 @@ def layer_jacobians(
     *,
     dtype: torch.dtype = torch.float64,
     check: bool = True,
+    train_mode: TrainMode = "eval",
 ) -> LayerJacobians:
     """Masked weight matrices ``D_l W_l`` of a ReLU / leaky-ReLU network at each input.
 
@@ -297,6 +373,12 @@ def layer_jacobians(
     check : bool
         Compare the chain's output with ``model(x)`` and raise if they differ, so a model
         whose ``forward`` is not the chain its modules suggest is never silently misread.
+    train_mode : {"eval", "error", "keep"}
+        A model in train mode (dropout, batch norm): by default the Jacobians of an eval-mode
+        copy, with a ``UserWarning``; ``"error"`` refuses such a model
+        (:class:`~interbasis.errors.DataError`); ``"keep"`` uses it as it is (train-mode
+        Dropout or BatchNorm1d then raise :class:`NotPiecewiseLinearError`). The caller's
+        model, its parameters and buffers are never changed (:mod:`interbasis.train_mode`).
 
     Returns
     -------
@@ -304,7 +386,8 @@ def layer_jacobians(
         ``factors[l]`` of shape ``(batch, d_{l+1}, d_l)``; one batched forward, no loop over
         inputs.
     """
-    layers = piecewise_linear_layers(model)
+    model = analysed_model(model, train_mode, "Jacobian spectra")
+    layers = piecewise_linear_layers(model, train_mode="keep")
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
         raise DataError(
             f"x must be a floating tensor (batch, [pos], d_0); got "

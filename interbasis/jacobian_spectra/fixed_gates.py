@@ -24,12 +24,17 @@ from interbasis.jacobian_spectra.chain import (
     layer_jacobians,
     piecewise_linear_layers,
 )
+from interbasis.train_mode import TrainMode, analysed_model, check_train_mode
 
 __all__ = ["FixedGatesMLP"]
 
 
 class FixedGatesMLP(nn.Module):
     """``h_{l+1} = m_{l+1} * (W_{l+1} h_l + b_{l+1})`` with fixed gate vectors ``m_l``.
+
+    The module is created in eval mode: its function does not depend on the mode (no dropout
+    or batch norm), so the train-mode policy of :func:`~.chain.layer_jacobians` has nothing
+    to warn about; ``train()`` / ``eval()`` work as for any module.
 
     Parameters
     ----------
@@ -53,7 +58,8 @@ class FixedGatesMLP(nn.Module):
         biases = [None] * len(weights) if biases is None else list(biases)
         if not len(weights) == len(biases) == len(masks):
             raise ShapeError(
-                f"got {len(weights)} weights, {len(biases)} biases and {len(masks)} masks"
+                f"got {len(weights)} weights, {len(biases)} biases and {len(masks)} masks; "
+                "pass one bias (or None) and one mask per weight"
             )
         self.weights = nn.ParameterList([nn.Parameter(w.detach().clone()) for w in weights])
         self.biases = nn.ParameterList(
@@ -70,6 +76,7 @@ class FixedGatesMLP(nn.Module):
             if b is not None and b.shape != (w.shape[0],):
                 raise ShapeError(f"layer {k}: bias {tuple(b.shape)} for weight {tuple(w.shape)}")
             self.register_buffer(f"mask_{k}", m.detach().clone().to(w.dtype))
+        self.eval()
 
     @property
     def masks(self) -> list[Tensor]:
@@ -98,16 +105,25 @@ class FixedGatesMLP(nn.Module):
         return h
 
     @classmethod
-    def from_model(cls, model: nn.Module, x0: Tensor) -> FixedGatesMLP:
+    def from_model(
+        cls, model: nn.Module, x0: Tensor, *, train_mode: TrainMode = "eval"
+    ) -> FixedGatesMLP:
         """Freeze the gates of a ReLU / leaky-ReLU ``model`` at the single input ``x0`` ``(d_0,)``.
 
         The result equals ``model`` on the activation region of ``x0`` (kink convention of
-        :mod:`interbasis.jacobian_spectra.chain`).
+        :mod:`interbasis.jacobian_spectra.chain`). ``train_mode`` (``"eval"``, ``"error"``,
+        ``"keep"``) is the train-mode policy of :func:`~.chain.layer_jacobians`: by default a
+        model in train mode is read as an eval-mode copy, with a warning; the caller's model
+        is never changed.
         """
-        if x0.ndim != 1:
-            raise ShapeError(f"x0 must be one input (d_0,), got shape {tuple(x0.shape)}")
-        layers = piecewise_linear_layers(model)
-        jac = layer_jacobians(model, x0[None], dtype=layers[0].weight.dtype)
+        check_train_mode(train_mode)
+        if not isinstance(x0, Tensor) or x0.ndim != 1:
+            raise ShapeError(
+                f"x0 must be one input (d_0,), got shape {tuple(getattr(x0, 'shape', ()))}"
+            )
+        model = analysed_model(model, train_mode, "fixed-gates network")
+        layers = piecewise_linear_layers(model, train_mode="keep")
+        jac = layer_jacobians(model, x0[None], dtype=layers[0].weight.dtype, train_mode="keep")
         return cls(
             [la.weight for la in layers],
             [la.bias for la in layers],

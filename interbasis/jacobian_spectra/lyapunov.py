@@ -206,7 +206,10 @@ def masked_gaussian_lyapunov(
     """
     k = n if k is None else k
     if not 1 <= k <= n or variance <= 0 or not 0 < keep_prob <= 1:
-        raise DataError(f"need 1 <= k <= n, variance > 0, 0 < keep_prob <= 1; got {n=}, {k=}")
+        raise DataError(
+            f"need 1 <= k <= n, variance > 0, 0 < keep_prob <= 1; got {n=}, {k=}, "
+            f"{variance=}, {keep_prob=}"
+        )
     out = np.empty(k)
     big_k = np.arange(n + 1)
     pmf = binom.pmf(big_k, n, keep_prob)
