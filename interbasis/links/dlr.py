@@ -14,6 +14,10 @@ outputs themselves. For a layer with positions the features of all positions are
 concatenated, ``Φ = (N, pos · n)`` (the layer's whole state; before attention the readout
 position alone is the same for every input). The constant node is left out everywhere (CKA
 centres anyway); features that are constant on the data give NaN (CKA is undefined).
+
+A model in train mode follows :mod:`interbasis.train_mode` (``train_mode="eval"``, default: the
+eval-mode function of a float64 copy, with a warning; ``"error"``: refused; ``"keep"``: the copy
+stays in train mode); the model, its mode and its buffers never change.
 """
 
 from __future__ import annotations
@@ -31,16 +35,25 @@ from interbasis.data import iter_batches
 from interbasis.errors import DataError, RankError
 from interbasis.links.jvp import float64_copy
 from interbasis.richness import d_lr
+from interbasis.train_mode import TrainMode
 
 Mode = Literal["gram", "projection"]
 
 
 @torch.no_grad()
 def layer_activations(
-    model: nn.Module, data: Any, names: Sequence[str], *, batch_size: int | None = None
+    model: nn.Module,
+    data: Any,
+    names: Sequence[str],
+    *,
+    batch_size: int | None = None,
+    train_mode: TrainMode = "eval",
 ) -> dict[str, torch.Tensor]:
-    """``name -> f^L`` ``(N, [pos], d)`` float64 for ``names`` plus ``"output"``."""
-    net = float64_copy(model)
+    """``name -> f^L`` ``(N, [pos], d)`` float64 for ``names`` plus ``"output"``.
+
+    ``train_mode``: the policy for a model in train mode (module docstring).
+    """
+    net = float64_copy(model, train_mode, "layer activations")
     wanted = [n for n in names if n != OUTPUT] + [OUTPUT]
     modules = resolve_node_layers(net, wanted)
     parts: dict[str, list[torch.Tensor]] = {n: [] for n in wanted}
@@ -93,6 +106,7 @@ def graph_dlr(
     *,
     mode: Mode = "gram",
     batch_size: int | None = None,
+    train_mode: TrainMode = "eval",
 ) -> GraphDLR:
     """D_LR with ``Φ`` = interaction-basis features of each layer and module.
 
@@ -102,16 +116,21 @@ def graph_dlr(
     bases : bases of the node layers (any kind: interaction, PCA or neuron).
     membership : node id -> module id (``graphs.Partition.membership``); optional.
     mode : passed to :func:`interbasis.richness.d_lr`.
+    train_mode : the policy for a model in train mode (module docstring).
 
     Raises
     ------
     DataError, RankError, ShapeError
-        From :func:`interbasis.richness.d_lr` (e.g. fewer than two samples, constant outputs).
+        From :func:`interbasis.richness.d_lr` (e.g. fewer than two samples, constant outputs);
+        DataError also for an unknown ``mode`` or ``train_mode``, a train-mode model with
+        ``train_mode="error"``.
     """
     names = [b.name for b in bases if b.name != OUTPUT]
     if not names:
         raise DataError("graph_dlr needs at least one node layer besides 'output'")
-    acts = layer_activations(model, data, names, batch_size=batch_size)
+    if mode not in ("gram", "projection"):
+        raise DataError(f"mode must be 'gram' or 'projection', got {mode!r}")
+    acts = layer_activations(model, data, names, batch_size=batch_size, train_mode=train_mode)
     F = acts[OUTPUT].reshape(acts[OUTPUT].shape[0], -1)
     feats: dict[str, torch.Tensor] = {}
     layers, neurons = {}, {}

@@ -17,6 +17,9 @@ node's *label* is its key frequency with the most power (and that power's share)
 direction's *mode frequency* at layer ``L`` is the key frequency with the most power in
 ``delta f_hat^L`` summed over nodes. ``match = sum_i moved_i [label_i = mode frequency] /
 sum_i moved_i``: how much of what the direction moves sits on nodes of its own frequency.
+
+A model in train mode follows :mod:`interbasis.train_mode` (``train_mode`` of
+:func:`edge_graph_links`): an eval-mode copy with a warning (default), refused, or kept.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from interbasis.basis import Basis
 from interbasis.errors import DataError, ShapeError
 from interbasis.links.jvp import Layout, node_function_jvps, node_functions
 from interbasis.spectral_edge import to_grid
+from interbasis.train_mode import TrainMode, analysed_model
 
 
 def key_classes(p: int) -> np.ndarray:
@@ -59,7 +63,10 @@ def key_frequencies(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     g = np.asarray(grid, dtype=np.float64)
     if g.ndim < 3 or g.shape[0] != g.shape[1]:
-        raise ShapeError(f"grid must have shape (p, p, ..., n), got {g.shape}")
+        raise ShapeError(
+            f"grid must have shape (p, p, ..., n): n functions on Z_p^2 (rows = a), got "
+            f"{g.shape}; add a last axis for a single function"
+        )
     p = g.shape[0]
     power = np.abs(np.fft.fft2(g, axes=(0, 1))) ** 2
     power = power.reshape(p * p, -1, g.shape[-1]).sum(axis=1)  # (p*p, n)
@@ -129,6 +136,7 @@ def edge_graph_links(
     grid: FourierGrid | None = None,
     top: int = 5,
     batch_size: int | None = None,
+    train_mode: TrainMode = "eval",
 ) -> EdgeGraphLinks:
     """Node and module movement of ``directions`` ``(k, P)``, and the Fourier match.
 
@@ -138,9 +146,24 @@ def edge_graph_links(
         the pair ``(grid.a[i], grid.b[i])``.
     layout : the parameters the directions live in (e.g. ``SpectralEdgeTracker.layout``).
     membership : node id -> module id (``graphs.Partition.membership``).
+    train_mode : a model in train mode is analysed as an eval-mode copy with a warning
+        (``"eval"``, default), refused with :class:`DataError` (``"error"``) or run in train
+        mode on a copy (``"keep"``); the model, its mode and its buffers never change.
+
+    Raises
+    ------
+    DataError
+        A ``grid`` whose number of pairs differs from the data's rows, an unknown
+        ``train_mode``, a train-mode model with ``train_mode="error"``; and the errors of
+        :func:`interbasis.links.node_function_jvps`.
     """
-    jv = node_function_jvps(model, data, bases, directions, layout, batch_size=batch_size)
-    f_hat = node_functions(model, data, bases, batch_size=batch_size)
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise DataError(f"top must be an int >= 1, got {top!r}")
+    model = analysed_model(model, train_mode, "edge-graph links")
+    jv = node_function_jvps(
+        model, data, bases, directions, layout, batch_size=batch_size, train_mode=train_mode
+    )
+    f_hat = node_functions(model, data, bases, batch_size=batch_size, train_mode=train_mode)
     membership = membership or {}
     modules = tuple(sorted({m for m in membership.values() if m >= 0}))
     col = {m: c for c, m in enumerate(modules)}
@@ -174,7 +197,10 @@ def edge_graph_links(
     if grid is None:
         return out
     if len(grid.a) != next(iter(f_hat.values())).shape[0]:
-        raise DataError(f"grid has {len(grid.a)} pairs but data has a different number of rows")
+        raise DataError(
+            f"grid has {len(grid.a)} pairs but data has a different number of rows "
+            f"({next(iter(f_hat.values())).shape[0]}): the data must be the full Z_p^2 grid"
+        )
     for b in bases:
         labels, shares = key_frequencies(_to_grid(f_hat[b.name].numpy(), grid))
         if b.has_constant:

@@ -42,6 +42,11 @@ parameters (``coverage``) and ``E_k`` eigenvector ``k``'s whole stage energy, it
 
 which add up to 1, so the curvature masses ``mass(m) = sum_k λ_k share_k(m)`` of all
 categories add up to ``sum_k λ_k`` (the trace, when every eigenpair is given).
+
+Both functions take ``train_mode`` (:mod:`interbasis.train_mode`): a model in train mode is
+analysed as an eval-mode copy with a warning (``"eval"``, default), refused with
+:class:`~interbasis.errors.DataError` (``"error"``) or used as it is (``"keep"``); the model,
+its mode and its buffers never change.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ from interbasis.links.stages import (
     second_moments,
     stage_weight_changes,
 )
+from interbasis.train_mode import TrainMode, analysed_model, check_train_mode
 
 #: An eigenvector is "invisible" when its stage energy is below this share of the largest it
 #: could have (``λ_max(G) ||C^{l+1}||_2^2 ||delta W_bar||_F^2`` summed over stages): float64
@@ -147,6 +153,7 @@ def hessian_graph_links(
     membership: Mapping[str, int],
     *,
     batch_size: int | None = None,
+    train_mode: TrainMode = "eval",
 ) -> HessianGraphLinks:
     """Module shares and curvature masses of eigenvectors ``vectors`` (module docstring).
 
@@ -158,13 +165,15 @@ def hessian_graph_links(
     stages : from :func:`interbasis.links.find_graph_stages`.
     eigenvalues : ``(k,)``; vectors : ``(P, k)`` unit columns, in ``layout`` order.
     membership : node id -> module id (``graphs.Partition.membership``; −1 = unassigned).
+    train_mode : the policy for a model in train mode (module docstring).
     """
+    check_train_mode(train_mode)
     vals = torch.as_tensor(eigenvalues, dtype=torch.float64).reshape(-1)
     V = torch.as_tensor(vectors, dtype=torch.float64)
     if V.ndim != 2 or V.shape[1] != vals.shape[0]:
         raise ShapeError(f"vectors must be (P, k={vals.shape[0]}), got {tuple(V.shape)}")
     by_name = {b.name: b for b in bases}
-    net = float64_copy(model)
+    net = float64_copy(model, train_mode, "Hessian-graph links")
     tangents = split_directions(layout, V.T)
     covered = [p for s in stages for p in s.params]
     missing = [p for p in covered if p not in tangents]
@@ -174,7 +183,11 @@ def hessian_graph_links(
     norms = (V**2).sum(dim=0).clamp_min(1e-300)
     cov = sum(((tangents[p] ** 2).reshape(k, -1).sum(dim=1) for p in covered), torch.zeros(k))
     inputs = [s.input for s in stages]
-    grams = activation_grams(net, data, inputs, batch_size=batch_size) if stages else {}
+    grams = (
+        activation_grams(net, data, inputs, batch_size=batch_size, train_mode=train_mode)
+        if stages
+        else {}
+    )
     modules = sorted({m for m in membership.values() if m >= 0})
     col = {m: c for c, m in enumerate(modules)}
     parts = np.zeros((k, len(modules) + 2))  # modules, between, unassigned
@@ -244,6 +257,7 @@ def hessian_eigenpairs(
     max_dense: int = 2000,
     seed: int = 0,
     tol: float = 0.0,
+    train_mode: TrainMode = "eval",
 ) -> tuple[Eigenpairs, str]:
     """Top-``k`` (and with ``bottom`` the bottom-``k``) Hessian eigenpairs, float64.
 
@@ -251,19 +265,22 @@ def hessian_eigenpairs(
     (every eigenpair is then returned), otherwise Lanczos on
     :class:`interbasis.curvature.HessianOperator`, started from a seeded Gaussian vector so
     that results are reproducible; ``tol`` is ARPACK's relative accuracy of the Ritz values
-    (0 = machine precision).
+    (0 = machine precision). ``train_mode``: the policy for a model in train mode (module
+    docstring).
 
     Returns
     -------
     (Eigenpairs with values descending, ``"dense"`` or ``"lanczos"``)
     """
-    if k < 1:
-        raise DataError(f"k must be >= 1, got {k}")
+    check_train_mode(train_mode)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise DataError(f"k must be an int >= 1, got {k!r}")
+    model = analysed_model(model, train_mode, "Hessian eigenpairs")
     size = ParamLayout.from_model(model, params).size
     if size <= max_dense:
-        H = hessian_matrix(model, loss_fn, data, params=params)
+        H = hessian_matrix(model, loss_fn, data, params=params, train_mode=train_mode)
         return eigh_descending(H), "dense"
-    op = HessianOperator(model, loss_fn, data, params=params)
+    op = HessianOperator(model, loss_fn, data, params=params, train_mode=train_mode)
     v0 = torch.randn(size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     top = lanczos(op, min(k, size - 1), which="LA", v0=v0, tol=tol)
     if not bottom:

@@ -14,6 +14,11 @@ the change is read. :func:`node_function_jvps` computes this for every node of e
 one forward-mode pass (:func:`torch.func.jvp` through :func:`torch.func.functional_call`,
 activations read with forward pre-hooks), vmapped over a block of directions and streamed
 over batches of data. The constant node 0 never changes.
+
+Every function here that runs a model takes ``train_mode`` (:mod:`interbasis.train_mode`): a
+model in train mode is analysed as an eval-mode copy with a warning (``"eval"``, default),
+refused with :class:`~interbasis.errors.DataError` (``"error"``) or run in train mode
+(``"keep"``); the model is always copied (float64), so it, its mode and its buffers never change.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from interbasis.basis import Basis
 from interbasis.capture import OUTPUT, capture, resolve_node_layers
 from interbasis.data import iter_batches
 from interbasis.errors import DataError, NonFiniteError, ShapeError
+from interbasis.train_mode import TrainMode, needs_eval_copy
 
 
 class Layout(Protocol):
@@ -81,9 +87,19 @@ def split_directions(layout: Layout, directions: torch.Tensor) -> dict[str, torc
     }
 
 
-def float64_copy(model: nn.Module) -> nn.Module:
-    """A float64 copy of ``model`` in eval mode (the model itself is left untouched)."""
-    return copy.deepcopy(model).to(torch.float64).eval()
+def float64_copy(
+    model: nn.Module, train_mode: TrainMode = "eval", what: str = "link analysis"
+) -> nn.Module:
+    """A float64 copy of ``model`` (the model itself, its mode and buffers are left untouched).
+
+    The copy is in eval mode for a model in eval mode and, under the train-mode policy
+    (:mod:`interbasis.train_mode`), for a model in train mode with ``train_mode="eval"`` (with
+    a warning naming ``what``); ``"error"`` refuses a train-mode model with
+    :class:`~interbasis.errors.DataError`, ``"keep"`` keeps the copy in train mode.
+    """
+    eval_copy = needs_eval_copy(model, train_mode, what)
+    net = copy.deepcopy(model).to(torch.float64)
+    return net.eval() if eval_copy or not model.training else net
 
 
 def _floating_input(args: tuple[Any, ...]) -> torch.Tensor:
@@ -121,7 +137,10 @@ def activations_fn(
             got[OUTPUT] = out
         missing = [n for n in names if n not in got]
         if missing:
-            raise DataError(f"node layers {missing} were not reached in the forward pass")
+            raise DataError(
+                f"node layers {missing} were not reached in the forward pass: their modules "
+                "exist but are not called; use modules that the forward pass runs"
+            )
         return tuple(got[n] for n in names)
 
     return fn
@@ -166,12 +185,14 @@ def node_function_jvps(
     layout: Layout,
     *,
     batch_size: int | None = None,
+    train_mode: TrainMode = "eval",
 ) -> NodeJVPs:
     """``delta f_hat^L(x)`` for every node layer ``L`` and direction (module docstring).
 
     Parameters
     ----------
     model : the network (a float64 copy is differentiated; the model is not changed).
+    train_mode : the policy for a model in train mode (module docstring).
     data : model inputs (tensor or re-iterable of batches).
     bases : one :class:`Basis` per node layer, in forward order (``b.name`` = module name or
         ``"output"``).
@@ -183,15 +204,29 @@ def node_function_jvps(
     -------
     NodeJVPs
         ``deltas[L]`` of shape ``(k, N, [pos], n_L)``.
+
+    Raises
+    ------
+    DataError
+        Layout parameters not in the model, node layers the forward pass does not reach, an
+        unknown ``train_mode`` or a train-mode model with ``train_mode="error"``.
+    ShapeError
+        A layout shape that differs from the model's, directions that do not fit the layout,
+        a basis of another width than its layer's activations.
+    NonFiniteError
+        NaN/Inf directions or JVPs.
     """
-    net = float64_copy(model)
+    net = float64_copy(model, train_mode, "node-function JVPs")
     named = dict(net.named_parameters())
     unknown = [n for n in layout.names if n not in named]
     if unknown:
         raise DataError(f"parameters {unknown} of the layout are not in the model")
     for n, s in zip(layout.names, layout.shapes, strict=True):
         if tuple(named[n].shape) != tuple(s):
-            raise ShapeError(f"parameter {n!r} has shape {tuple(named[n].shape)}, layout {s}")
+            raise ShapeError(
+                f"parameter {n!r} has shape {tuple(named[n].shape)} in the model but "
+                f"{tuple(s)} in the layout: build the layout from this model"
+            )
     tangents = split_directions(layout, directions)
     primals = {n: named[n].detach() for n in layout.names}
     names = [b.name for b in bases]
@@ -216,16 +251,28 @@ def node_function_jvps(
     deltas = {n: torch.cat(c, dim=1) for n, c in zip(names, chunks, strict=True)}
     for n, d in deltas.items():
         if not bool(torch.isfinite(d).all()):
-            raise NonFiniteError(f"node layer {n!r}: the JVP of its node functions has NaN/Inf")
+            raise NonFiniteError(
+                f"node layer {n!r}: the JVP of its node functions has "
+                f"{int((~torch.isfinite(d)).sum())} NaN/Inf entries: check the model's "
+                "parameters and the data for NaN/Inf or overflow"
+            )
     return NodeJVPs(tuple(names), deltas)
 
 
 @torch.no_grad()
 def node_functions(
-    model: nn.Module, data: Any, bases: Sequence[Basis], *, batch_size: int | None = None
+    model: nn.Module,
+    data: Any,
+    bases: Sequence[Basis],
+    *,
+    batch_size: int | None = None,
+    train_mode: TrainMode = "eval",
 ) -> dict[str, torch.Tensor]:
-    """``name -> f_hat^L(x)`` of shape ``(N, [pos], n_L)`` (float64, CPU), node 0 included."""
-    net = float64_copy(model)
+    """``name -> f_hat^L(x)`` of shape ``(N, [pos], n_L)`` (float64, CPU), node 0 included.
+
+    ``train_mode``: the policy for a model in train mode (module docstring).
+    """
+    net = float64_copy(model, train_mode, "node functions")
     modules = resolve_node_layers(net, [b.name for b in bases])
     parts: dict[str, list[torch.Tensor]] = {b.name: [] for b in bases}
     for x in iter_batches(data, batch_size, torch.device("cpu"), torch.float64):

@@ -21,10 +21,17 @@ span of each mechanism (``||Q_m^T v||^2`` with ``Q_m`` an orthonormal basis of t
 in the span of all of them together; the rest is *unexplained* (region-local degeneracy,
 docs/degeneracy.md). Nullities use the normalised-Gram rule of :mod:`interbasis.degeneracy`
 (``rtol`` relative to the largest eigenvalue, coordinates with a zero diagonal are null).
+
+:func:`mechanism_directions` and :func:`behavioural_null_space` take ``train_mode``
+(:mod:`interbasis.train_mode`): a model in train mode is analysed as an eval-mode copy with a
+warning (``"eval"``, default), refused with :class:`~interbasis.errors.DataError`
+(``"error"``) or run in train mode on a copy (``"keep"``); the model, its mode and its buffers
+never change.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +47,7 @@ from interbasis.curvature import ParamLayout
 from interbasis.data import iter_batches
 from interbasis.degeneracy import RTOL, Stage, SyncBlocks, mlp_stages, synchronized_neurons
 from interbasis.errors import DataError, ShapeError
+from interbasis.train_mode import TrainMode, analysed_model
 
 MECHANISMS = ("G", "K", "sync", "co-silent")
 
@@ -89,7 +97,11 @@ def _weight_slices(layout: ParamLayout, stage: Stage) -> tuple[slice, slice | No
     sl = layout.slices
     w = stage.params[0]
     if w not in sl:
-        raise DataError(f"parameter {w!r} of stage {stage.input} is not in the layout")
+        raise DataError(
+            f"parameter {w!r} of stage {stage.input} is not in the layout "
+            f"{list(layout.names)[:6]}: pass a layout that holds the weights of every stage "
+            "(default: all trainable parameters)"
+        )
     out_dim, in_dim = layout.shapes[layout.names.index(w)]
     b = sl[stage.params[1]] if stage.bias and len(stage.params) > 1 else None
     return sl[w], b, int(out_dim), int(in_dim)
@@ -112,6 +124,7 @@ def mechanism_directions(
     *,
     rtol: float = RTOL,
     batch_size: int | None = None,
+    train_mode: TrainMode = "eval",
 ) -> MechanismDirections:
     """The directions of every mechanism (module docstring) of a Linear/ReLU chain.
 
@@ -120,17 +133,25 @@ def mechanism_directions(
     model : an MLP accepted by :func:`interbasis.degeneracy.mlp_stages`.
     data : model inputs (tensor or re-iterable of batches).
     layout : the parameter layout of the eigenvectors (default: all trainable parameters).
+    train_mode : the policy for a model in train mode (module docstring).
 
     Raises
     ------
     DataError
-        For a model that is not a Linear/ReLU chain (from ``mlp_stages``).
+        For a model that is not a Linear/ReLU chain (from ``mlp_stages``), a layout without
+        the weights of every stage, an unknown ``train_mode`` or a train-mode model with
+        ``train_mode="error"``.
     """
+    analysed = analysed_model(model, train_mode, "mechanism directions")
+    # "keep" on a train-mode model: run a copy, so the caller's buffers cannot change
+    model = copy.deepcopy(model) if analysed is model and model.training else analysed
     dtype = next(model.parameters()).dtype
     stages = mlp_stages(model, next(iter_batches(data, batch_size, torch.device("cpu"), dtype)))
     layout = layout or ParamLayout.from_model(model)
     P = layout.size
-    grams = activation_grams(model, data, [s.input for s in stages], batch_size=batch_size)
+    grams = activation_grams(
+        model, data, [s.input for s in stages], batch_size=batch_size, train_mode=train_mode
+    )
     params = dict(model.named_parameters())
     out: dict[str, list[torch.Tensor]] = {m: [] for m in MECHANISMS}
     for s in stages:
@@ -141,13 +162,17 @@ def mechanism_directions(
             dW[torch.arange(out_dim), torch.arange(out_dim)] = c
             out["G"].append(_put(P, layout, s, dW))
         if s.output != OUTPUT:
-            K = output_jacobian_gram(model, data, s.output, batch_size=batch_size)
+            K = output_jacobian_gram(
+                model, data, s.output, batch_size=batch_size, train_mode=train_mode
+            )
             for v in null_vectors(K, rtol).T:
                 dW = torch.zeros(width, out_dim, width, dtype=torch.float64)
                 dW[torch.arange(width), :, torch.arange(width)] = v
                 out["K"].append(_put(P, layout, s, dW))
     for s, nxt in itertools.pairwise(stages):
-        sync = synchronized_neurons(model, data, s.output, batch_size=batch_size)
+        sync = synchronized_neurons(
+            model, data, s.output, batch_size=batch_size, train_mode=train_mode
+        )
         Wbar = _folded(params, s)
         W_next = params[nxt.params[0]].detach().to(torch.float64)
         pairs = [(a, b) for block in sync.blocks for a in block for b in block]
@@ -322,19 +347,21 @@ def behavioural_null_space(
     rtol: float = RTOL,
     max_dense: int = 2000,
     batch_size: int | None = None,
+    train_mode: TrainMode = "eval",
 ) -> BehaviouralNullSpace:
     """Null eigenvectors of the exact behavioural-loss Hessian, attributed to mechanisms.
 
     The Hessian of ``L_B(theta) = E_x ½||f_theta(x) - f_theta*(x)||^2`` at ``theta*``
     (:func:`interbasis.degeneracy.behavioural_mse`) is formed densely (float64, ``P <=
     max_dense``) and diagonalised; eigenvectors with ``|λ| <= rtol λ_max`` are the free
-    directions that :func:`mechanism_directions` should span.
+    directions that :func:`mechanism_directions` should span. ``train_mode``: the policy
+    for a model in train mode (module docstring).
     """
     from interbasis.curvature import eigh_descending, hessian_matrix
     from interbasis.degeneracy import behavioural_mse
     from interbasis.links.jvp import float64_copy
 
-    net = float64_copy(model)
+    net = float64_copy(model, train_mode, "behavioural null space")
     layout = ParamLayout.from_model(net)
     if layout.size > max_dense:
         raise DataError(
@@ -345,12 +372,14 @@ def behavioural_null_space(
         pairs = [
             (x, net(x)) for x in iter_batches(data, batch_size, torch.device("cpu"), torch.float64)
         ]
-    eig = eigh_descending(hessian_matrix(net, behavioural_mse, pairs))
+    eig = eigh_descending(hessian_matrix(net, behavioural_mse, pairs, train_mode=train_mode))
     mag = eig.values.abs()
     zero = mag <= rtol * float(mag.max())
     att = attribute_null_directions(
         eig.vectors[:, zero],
-        mechanism_directions(net, data, layout, rtol=rtol, batch_size=batch_size),
+        mechanism_directions(
+            net, data, layout, rtol=rtol, batch_size=batch_size, train_mode=train_mode
+        ),
     )
     return BehaviouralNullSpace(
         layout.size,

@@ -3,6 +3,11 @@
 Each function takes the objects of one model (its :class:`~interbasis.links.series.
 ModelSummary`: bases, graph, modules, Hessian eigenpairs) and returns the part of the report
 its view contributes; :mod:`.atlas` assembles them and :mod:`.report` renders them.
+
+The sections that run the model take ``train_mode`` (:mod:`interbasis.train_mode`; default
+``"eval"``: a model in train mode is analysed as an eval-mode copy with a warning, ``"error"``
+refuses it, ``"keep"`` analyses it as it is). :mod:`.atlas` applies the policy once per model
+and may pass the model it analyses with ``train_mode="keep"``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from interbasis.links.nullspace import behavioural_null_space
 from interbasis.links.series import ModelSummary
 from interbasis.links.stages import GraphStage, find_graph_stages
 from interbasis.spectral_edge import ATTENTION_WEIGHTS, random_directions
+from interbasis.train_mode import TrainMode, analysed_model
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -127,10 +133,16 @@ def _links_block(hl: HessianGraphLinks, index: Sequence[int]) -> dict[str, Any]:
 
 
 def hessian_section(
-    model: nn.Module, s: ModelSummary, data: AtlasData, settings: AtlasSettings
+    model: nn.Module,
+    s: ModelSummary,
+    data: AtlasData,
+    settings: AtlasSettings,
+    train_mode: TrainMode = "eval",
 ) -> dict[str, Any]:
     """Full-model top eigenpairs, the Hessian block of the graph stages, the null space."""
-    stages, notes = find_graph_stages(model, data.inputs, [b.name for b in s.bases])
+    model = analysed_model(model, train_mode, "Hessian section")  # "error" raises here
+    names = [b.name for b in s.bases]
+    stages, notes = find_graph_stages(model, data.inputs, names, train_mode=train_mode)
     member = s.partition.membership
     pairs = s.eigenpairs
     full = hessian_graph_links(
@@ -142,6 +154,7 @@ def hessian_section(
         pairs.vectors,
         ParamLayout.from_model(model),
         member,
+        train_mode=train_mode,
     )
     out: dict[str, Any] = {
         "method": s.numbers["hessian_method"],
@@ -149,12 +162,14 @@ def hessian_section(
         "stage_notes": notes,
         "full": _links_block(full, _top_bottom(len(full.eigenvalues), settings.k)),
     }
-    out["block"] = _stage_block(model, s, data, settings, stages) if stages else None
+    out["block"] = _stage_block(model, s, data, settings, stages, train_mode) if stages else None
     n_params, max_dense = ParamLayout.from_model(model).size, settings.max_dense
     try:
         if n_params > max_dense:
             raise DataError("too many parameters")
-        null = behavioural_null_space(model, data.inputs, max_dense=max_dense)
+        null = behavioural_null_space(
+            model, data.inputs, max_dense=max_dense, train_mode=train_mode
+        )
     except DataError as err:
         reason = (
             "too many parameters for the exact behavioural Hessian"
@@ -183,6 +198,7 @@ def _stage_block(
     data: AtlasData,
     settings: AtlasSettings,
     stages: Sequence[GraphStage],
+    train_mode: TrainMode,
 ) -> dict[str, Any]:
     """The Hessian restricted to the graph stages' parameters (coverage 1 by construction)."""
     covered = [p for st in stages for p in st.params]
@@ -194,6 +210,7 @@ def _stage_block(
         params=covered,
         seed=settings.seed,
         tol=settings.lanczos_tol,
+        train_mode=train_mode,
     )
     layout = ParamLayout.from_model(model, covered)
     hl = hessian_graph_links(
@@ -205,6 +222,7 @@ def _stage_block(
         pairs.vectors,
         layout,
         s.partition.membership,
+        train_mode=train_mode,
     )
     index = _top_bottom(len(hl.eigenvalues), settings.k)
     block = {"method": method, "n_params": layout.size, **_links_block(hl, index)}
@@ -218,8 +236,10 @@ def _stage_block(
     return block
 
 
-def dlr_section(model: nn.Module, s: ModelSummary, data: AtlasData) -> dict[str, Any]:
-    dl = graph_dlr(model, data.inputs, s.bases, s.partition.membership)
+def dlr_section(
+    model: nn.Module, s: ModelSummary, data: AtlasData, train_mode: TrainMode = "eval"
+) -> dict[str, Any]:
+    dl = graph_dlr(model, data.inputs, s.bases, s.partition.membership, train_mode=train_mode)
     nodes = {b.name: b.n_nodes - int(b.has_constant) for b in s.bases}
     return {
         "mode": dl.mode,
@@ -263,6 +283,7 @@ def edge_section(
     directions: torch.Tensor,
     layout: Layout,
     source: str,
+    train_mode: TrainMode = "eval",
 ) -> dict[str, Any]:
     controls = random_directions(layout_size(layout), settings.n_random, settings.seed)
     dirs = torch.cat([torch.as_tensor(directions, dtype=torch.float64), controls])
@@ -271,7 +292,7 @@ def edge_section(
     edge_data = data.grid_inputs if data.grid is not None else data.inputs
     el = edge_graph_links(
         model, edge_data, s.bases, dirs, layout, s.partition.membership, grid=data.grid,
-        top=settings.top_nodes,
+        top=settings.top_nodes, train_mode=train_mode,
     )  # fmt: skip
     layer = [b.name for b in s.bases if b.name != "output"][-1]
     rows = _edge_rows(el, names, layer)

@@ -37,6 +37,7 @@ from interbasis.links.dlr import graph_dlr, layer_activations
 from interbasis.links.hessian import hessian_eigenpairs
 from interbasis.richness import d_lr
 from interbasis.spectral_edge import ATTENTION_WEIGHTS, window_spectrum
+from interbasis.train_mode import TrainMode, analysed_model
 
 STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 Loader = Callable[[Path], nn.Module]
@@ -51,7 +52,10 @@ def _header(path: Path) -> tuple[Any, dict[str, tuple[int, ...]]]:
         raise FormatError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
     state = obj.get("model_state", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict):
-        raise FormatError(f"{path} holds no state dict of tensors")
+        raise FormatError(
+            f"{path} holds no state dict of tensors (a {type(obj).__name__}): expected a "
+            "checkpoint of the training harness or a model state_dict"
+        )
     shapes = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
     return (obj.get("model") if "model_state" in obj else None), shapes
 
@@ -202,6 +206,7 @@ def summarize_model(
     stability_seeds: Sequence[int] = (0, 1, 2),
     readout: str | None = None,
     tol: float = 0.0,
+    train_mode: TrainMode = "eval",
 ) -> ModelSummary:
     """Graph size, modules, stability, D_LR and top Hessian eigenvalues of one model.
 
@@ -214,16 +219,26 @@ def summarize_model(
     ``d_lr_layers`` holds D_LR with ``Φ`` = the interaction-basis nodes of every layer
     (:func:`interbasis.links.graph_dlr`; before an affine readout it is 0, see docs). ``tol``:
     Lanczos accuracy (:func:`interbasis.links.hessian_eigenpairs`).
+
+    ``train_mode``: a model in train mode is analysed as an eval-mode copy with one warning
+    (``"eval"``, default), refused with :class:`DataError` (``"error"``) or analysed as it is
+    (``"keep"``) by every view (:mod:`interbasis.train_mode`); the model, its mode and its
+    buffers never change.
     """
-    bases = build_bases(model, inputs, node_layers, progress=False)
-    graph = build_graph(model, inputs, node_layers, bases=bases, progress=False)
+    model = analysed_model(model, train_mode, "model summary")
+    bases = build_bases(model, inputs, node_layers, progress=False, train_mode=train_mode)
+    graph = build_graph(
+        model, inputs, node_layers, bases=bases, progress=False, train_mode=train_mode
+    )
     partition = find_modules(graph, seed=seed)
     readout = readout or [n for n in node_layers if n != "output"][-1]
-    acts = layer_activations(model, inputs, [readout])
+    acts = layer_activations(model, inputs, [readout], train_mode=train_mode)
     phi = acts[readout].reshape(acts[readout].shape[0], -1)
     out = acts["output"].reshape(acts["output"].shape[0], -1)
-    dlr = graph_dlr(model, inputs, bases)
-    pairs, method = hessian_eigenpairs(model, loss_fn, loss_data, k, seed=seed, tol=tol)
+    dlr = graph_dlr(model, inputs, bases, train_mode=train_mode)
+    pairs, method = hessian_eigenpairs(
+        model, loss_fn, loss_data, k, seed=seed, tol=tol, train_mode=train_mode
+    )
     numbers: dict[str, Any] = {
         "nodes": {b.name: b.n_nodes - int(b.has_constant) for b in bases},
         "graph_size": sum(b.n_nodes - int(b.has_constant) for b in bases),

@@ -16,6 +16,11 @@ between in-node ``j`` and out-node ``i``. ``delta W_bar`` is read without knowin
 module stores its weight: the forward-mode derivative ``D(a) = d/dt g(a; theta + t delta
 theta)`` at the probe inputs ``0, e_1, ..., e_d`` gives ``delta b = D(0)`` and
 ``delta W^T e_r = D(e_r) - D(0)``.
+
+:func:`find_graph_stages`, :func:`stage_transitions` and :func:`node_pair_direction` take
+``train_mode`` (:mod:`interbasis.train_mode`): a model in train mode is analysed as an
+eval-mode copy with a warning (default ``"eval"``; batch norm is affine only in eval mode),
+refused (``"error"``) or used as it is (``"keep"``); the model and its buffers never change.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from interbasis.capture import OUTPUT, capture, model_input, resolve_node_layers
 from interbasis.data import iter_batches
 from interbasis.errors import DataError, ShapeError
 from interbasis.links.jvp import Layout, activation_rows, float64_copy
+from interbasis.train_mode import TrainMode, analysed_model
 
 #: A stage reproduces the next node layer, and its affine fit reproduces the stage, to this
 #: relative accuracy in float64 (round-off is ~1e-15; a nonlinearity misses by far more).
@@ -64,7 +70,10 @@ def _module_params(model: nn.Module, name: str) -> tuple[str, ...]:
 def _call(module: nn.Module, params: Mapping[str, torch.Tensor], a: torch.Tensor) -> torch.Tensor:
     out = functional_call(module, dict(params), (a,))
     if not isinstance(out, torch.Tensor):
-        raise DataError(f"module returns {type(out).__name__}, not a tensor")
+        raise DataError(
+            f"module {type(module).__name__} returns {type(out).__name__}, not a tensor: a "
+            "graph stage must map its input tensor to one output tensor"
+        )
     return out
 
 
@@ -83,19 +92,20 @@ def _local(params: Sequence[str], prefix: str) -> list[str]:
 
 @torch.no_grad()
 def find_graph_stages(
-    model: nn.Module, data: object, node_layers: Sequence[str]
+    model: nn.Module, data: object, node_layers: Sequence[str], *, train_mode: TrainMode = "eval"
 ) -> tuple[list[GraphStage], list[str]]:
     """The graph stages among consecutive node layers, checked on the first batch of ``data``.
 
     A pair ``(l, l+1)`` is a stage when module ``l`` has trainable parameters, its output is
     the input of ``l+1`` and it is affine in its input (both to ``AFFINE_RTOL``).
+    ``train_mode``: the policy for a model in train mode (module docstring).
 
     Returns
     -------
     stages : the stages, in forward order.
     notes : one line per pair with parameters that is *not* a stage, saying why.
     """
-    net = float64_copy(model)
+    net = float64_copy(model, train_mode, "graph stages")
     names = list(node_layers)
     modules = resolve_node_layers(net, names)
     x = next(iter_batches(data, None, torch.device("cpu"), torch.float64))
@@ -177,8 +187,13 @@ def stage_transitions(
     basis_in: Basis,
     basis_out: Basis,
     tangents: dict[str, torch.Tensor],
+    *,
+    train_mode: TrainMode = "eval",
 ) -> torch.Tensor:
     """``delta T = C^l_pinv delta W_bar^T C^{l+1}_{:d}`` of ``k`` parameter changes.
+
+    ``model`` is a float64 model (e.g. :func:`interbasis.links.jvp.float64_copy`);
+    ``train_mode``: the policy for a model in train mode (module docstring).
 
     Returns
     -------
@@ -186,6 +201,7 @@ def stage_transitions(
     out-node ``i``. Without a constant in-node a bias change has no row (it is off-basis).
     """
     check_stage_bases(stage, basis_in, basis_out)
+    model = analysed_model(model, train_mode, "stage transitions")
     dW = stage_weight_changes(model, stage, basis_in.dim, tangents)
     return in_coordinates(basis_in) @ dW @ activation_rows(basis_out).to(torch.float64)
 
@@ -205,8 +221,8 @@ def second_moments(basis: Basis, gram: torch.Tensor) -> torch.Tensor:
         C = torch.cat([C, C.new_zeros(1, C.shape[1])], dim=0)
     if G.shape != (C.shape[0], C.shape[0]):
         raise ShapeError(
-            f"gram of {basis.name!r} must be ({C.shape[0]}, {C.shape[0]}) (bias-folded), "
-            f"got {tuple(G.shape)}"
+            f"gram of {basis.name!r} must be ({C.shape[0]}, {C.shape[0]}) (bias-folded: "
+            f"activation_grams(...)[{basis.name!r}].gram(fold_bias=True)), got {tuple(G.shape)}"
         )
     return torch.einsum("ab,an,bn->n", G, C, C)
 
@@ -219,6 +235,8 @@ def node_pair_direction(
     out_node: int,
     in_node: int,
     layout: Layout,
+    *,
+    train_mode: TrainMode = "eval",
 ) -> torch.Tensor:
     """The parameter direction that is the weight from ``in_node`` to ``out_node`` alone.
 
@@ -226,14 +244,15 @@ def node_pair_direction(
     ``delta W_bar^T = C^l[:, j] C^{l+1}_pinv[i, :d]`` is mapped to parameters through the
     (linear) Jacobian of the module's probe outputs with respect to its parameters, by
     least squares; a target outside that map's range raises :class:`DataError`. Meant for
-    small stages (the Jacobian is ``(d_in + 1) d_out x P_stage``).
+    small stages (the Jacobian is ``(d_in + 1) d_out x P_stage``). ``train_mode``: the
+    policy for a model in train mode (module docstring).
 
     Returns
     -------
     ``(P,)`` float64 in the order of ``layout`` (zero outside the stage).
     """
     check_stage_bases(stage, basis_in, basis_out)
-    net = float64_copy(model)
+    net = float64_copy(model, train_mode, "node-pair direction")
     module = net.get_submodule(stage.input)
     local = _local(stage.params, stage.input)
     primals = {n: p.detach() for n, p in module.named_parameters() if n in local}
@@ -257,7 +276,8 @@ def node_pair_direction(
     if resid > 1e-8 * max(float(target.norm()), 1e-300):
         raise DataError(
             f"stage {stage.input} -> {stage.output}: no parameter change of {list(stage.params)} "
-            f"gives the weight {in_node} -> {out_node} alone (residual {resid:.3g})"
+            f"gives the weight {in_node} -> {out_node} alone (residual {resid:.3g}): the "
+            "module cannot express that change (e.g. a constant in-node without a bias)"
         )
     pieces = dict(zip(stage.params, sol.split(sizes), strict=True))
     parts = []

@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from interbasis.errors import DataError
 from interbasis.richness import FeatureView
 
 
@@ -36,7 +37,10 @@ def plot_feature_view(
         fig, ax_arr = plt.subplots(1, 3, figsize=(12, 3.6), constrained_layout=True)
         axes = list(ax_arr)
     if len(axes) != 3:
-        raise ValueError(f"axes must hold 3 axes, got {len(axes)}")
+        raise DataError(
+            f"axes must hold 3 axes (quality, utilisation, spectrum), got {len(axes)}; pass "
+            "axes=None for a new 1x3 figure"
+        )
     fig = cast(Figure, axes[0].figure)
     for label, view in items.items():
         rho = view.rho.numpy()

@@ -90,7 +90,7 @@ def cka(a: Any, b: Any, *, form: Literal["features", "kernel"] = "features") -> 
     ShapeError
         Different numbers of samples, wrong rank, non-square kernel.
     DataError
-        ``n < 2``; a kernel that is not symmetric.
+        ``n < 2``; a kernel that is not symmetric; an unknown ``form``.
     RankError
         Constant features or kernel (the centred kernel is zero, CKA undefined).
     NonFiniteError
@@ -109,7 +109,7 @@ def cka(a: Any, b: Any, *, form: Literal["features", "kernel"] = "features") -> 
         cb = _centre_kernel(kb, "b")
         value = torch.sum(ca * cb) / (torch.linalg.matrix_norm(ca) * torch.linalg.matrix_norm(cb))
         return _clip_unit(float(value))
-    raise ValueError(f"form must be 'features' or 'kernel', got {form!r}")
+    raise DataError(f"form must be 'features' or 'kernel', got {form!r}")
 
 
 def output_span(outputs: Any) -> torch.Tensor:
@@ -157,16 +157,14 @@ def d_lr(features: Any, outputs: Any, *, mode: Literal["gram", "projection"] = "
     Raises
     ------
     ShapeError, DataError, RankError, NonFiniteError
-        As :func:`cka`; RankError also for constant outputs.
+        As :func:`cka`; RankError also for constant outputs; DataError for an unknown
+        ``mode``.
     """
+    if mode not in ("gram", "projection"):
+        raise DataError(f"mode must be 'gram' or 'projection', got {mode!r}")
     phi = as_samples(features, "features")
     f = as_samples(outputs, "outputs")
     same_n(phi, f, "features", "outputs")
     phic = centred(phi, "features")
-    if mode == "gram":
-        other = centred(f, "outputs")
-    elif mode == "projection":
-        other = output_span(f)
-    else:
-        raise ValueError(f"mode must be 'gram' or 'projection', got {mode!r}")
+    other = centred(f, "outputs") if mode == "gram" else output_span(f)
     return 1.0 - _clip_unit(_cka_features(phic, other))

@@ -164,7 +164,8 @@ def effective_dimension(values: Any, *, skip_first: bool = True) -> float:
     if rest.numel() == 0 or float(rest.sum()) <= 0.0:
         raise RankError(
             f"effective dimension undefined: {rest.numel()} value(s) with sum "
-            f"{float(rest.sum()) if rest.numel() else 0.0} (skip_first={skip_first})"
+            f"{float(rest.sum()) if rest.numel() else 0.0} (skip_first={skip_first}); give at "
+            "least one positive value"
         )
     prob = rest / rest.sum()
     entropy = -torch.sum(torch.special.xlogy(prob, prob))

@@ -2,10 +2,15 @@
 
 Φ is captured as the input of a named module (a forward pre-hook, e.g. on ``"unembed"``)
 and F is the model output, on evaluation sets the tracker holds itself.
+
+Models in train mode follow the project's policy (:mod:`interbasis.train_mode`): by default
+the eval-mode function of a *copy* is analysed, with a warning; the caller's model, its mode
+and its buffers (batch-norm running statistics) are never changed.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -15,6 +20,7 @@ from interbasis.callbacks import Callback
 from interbasis.errors import DataError, NodeLayerError, ShapeError
 from interbasis.richness.baselines import nc1, parameter_norm_sq, within_class_trace
 from interbasis.richness.cka import cka, d_lr
+from interbasis.train_mode import TrainMode, analysed_model, check_train_mode
 
 
 def _module(model: torch.nn.Module, name: str) -> torch.nn.Module:
@@ -31,38 +37,38 @@ def _select(t: torch.Tensor, position: int | None, what: str) -> torch.Tensor:
     if position is None or t.ndim == 2:
         return t
     if t.ndim != 3:
-        raise ShapeError(f"{what} has shape {tuple(t.shape)}; expected (batch, [pos], d)")
+        raise ShapeError(
+            f"{what} has shape {tuple(t.shape)}; with position={position} they must be "
+            "(batch, d) or (batch, pos, d): choose a feature_module whose input has that shape"
+        )
     return t[:, position]
 
 
+def _check_batch_size(batch_size: object) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def _model_to_run(model: torch.nn.Module, train_mode: TrainMode, what: str) -> torch.nn.Module:
+    """The model to run under the train-mode policy; never the caller's train-mode model.
+
+    ``"eval"`` gives an eval-mode copy (with the policy's warning); ``"keep"`` on a model in
+    train mode gives a copy in train mode, so that batch norm cannot update the caller's
+    running statistics; a model in eval mode is used as it is.
+    """
+    net = analysed_model(model, train_mode, what)
+    return copy.deepcopy(model) if net is model and model.training else net
+
+
 @torch.no_grad()
-def collect_features(
+def _collect(
     model: torch.nn.Module,
     inputs: torch.Tensor,
     feature_module: str,
-    *,
-    position: int | None = None,
-    batch_size: int = 4096,
+    position: int | None,
+    batch_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features Φ (input of ``feature_module``) and outputs F of ``model`` on ``inputs``.
-
-    Parameters
-    ----------
-    model
-        Any module; run in eval mode under ``no_grad`` (its mode is restored afterwards).
-    inputs
-        Model inputs, first axis = samples; sent to the model's device in chunks.
-    feature_module
-        Name in ``model.named_modules()`` whose (first positional) input is Φ.
-    position
-        If given, pick this position from (batch, pos, d) features and outputs.
-
-    Returns
-    -------
-    (features (n, p), outputs (n, C)), float64 on the CPU.
-    """
-    if batch_size < 1:
-        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    """:func:`collect_features` on a model that may be run as it is (options checked)."""
     captured: list[torch.Tensor] = []
 
     def hook(_module: torch.nn.Module, args: tuple[Any, ...]) -> None:
@@ -71,8 +77,6 @@ def collect_features(
     handle = _module(model, feature_module).register_forward_pre_hook(hook)
     params = next(model.parameters(), None)
     device = params.device if params is not None else torch.device("cpu")
-    was_training = model.training
-    model.eval()
     feats, outs = [], []
     try:
         for chunk in torch.split(inputs, batch_size):
@@ -87,8 +91,61 @@ def collect_features(
             outs.append(_select(out.detach(), position, "outputs").to("cpu", torch.float64))
     finally:
         handle.remove()
-        model.train(was_training)
     return torch.cat(feats), torch.cat(outs)
+
+
+def collect_features(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    feature_module: str,
+    *,
+    position: int | None = None,
+    batch_size: int = 4096,
+    train_mode: TrainMode = "eval",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features Φ (input of ``feature_module``) and outputs F of ``model`` on ``inputs``.
+
+    Parameters
+    ----------
+    model
+        Any module; run under ``no_grad``. Neither it, nor its mode, nor its buffers change.
+    inputs
+        Model inputs, first axis = samples; sent to the model's device in chunks.
+    feature_module
+        Name in ``model.named_modules()`` whose (first positional) input is Φ.
+    position
+        If given, pick this position from (batch, pos, d) features and outputs.
+    batch_size
+        Samples per forward pass (a positive int).
+    train_mode
+        For a model in train mode (dropout, batch norm; :mod:`interbasis.train_mode`):
+        ``"eval"`` (default) analyses the eval-mode function of a copy, with a warning;
+        ``"error"`` refuses the model with :class:`DataError`; ``"keep"`` runs it in train
+        mode (on a copy, so batch norm cannot update the caller's running statistics).
+
+    Returns
+    -------
+    (features (n, p), outputs (n, C)), float64 on the CPU.
+
+    Raises
+    ------
+    DataError
+        ``batch_size`` not a positive int, ``inputs`` not a non-empty tensor, an unknown
+        ``train_mode``, or a train-mode model with ``train_mode="error"``.
+    NodeLayerError
+        ``feature_module`` is not a module of ``model``.
+    ShapeError
+        The module is not called exactly once per forward pass, or features / outputs that
+        are not (batch, [pos], d).
+    """
+    _check_batch_size(batch_size)
+    check_train_mode(train_mode)
+    if not isinstance(inputs, torch.Tensor) or inputs.ndim == 0 or len(inputs) == 0:
+        shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise DataError(f"inputs must be a tensor with at least one sample, got {shape}")
+    _module(model, feature_module)  # a clear error before any copy
+    net = _model_to_run(model, train_mode, "D_LR features")
+    return _collect(net, inputs, feature_module, position, batch_size)
 
 
 class RichnessTracker(Callback):
@@ -108,6 +165,12 @@ class RichnessTracker(Callback):
         Passed to :func:`collect_features`.
     baselines
         Also record S_init, ||θ||², NC1 (ridge ``nc1_ridge``) and Tr(Σ_W).
+    train_mode
+        The train-mode policy (:mod:`interbasis.train_mode`) for the model the hooks get,
+        which is in train mode during training: ``"eval"`` (default) measures the eval-mode
+        function of a copy (warning once per tracker), ``"error"`` refuses a model in train
+        mode with :class:`DataError`, ``"keep"`` measures the train-mode function (on a copy).
+        The training model itself, its mode and its buffers are never changed.
 
     Notes
     -----
@@ -115,6 +178,15 @@ class RichnessTracker(Callback):
     (appendix E.1 form), ``name/d_lr_projection`` (Definition 1 form), ``name/s_init``,
     ``name/nc1``, ``name/tr_sigma_w``. ``state_dict`` holds the history and the features at
     initialisation, so a resumed run continues the same record.
+
+    Raises
+    ------
+    DataError
+        At construction: empty ``eval_sets``, an eval set that is not a tensor of at least 2
+        inputs (or an ``(inputs, labels)`` pair), ``every`` or ``batch_size`` that is not a
+        positive int, an unknown ``train_mode``.
+    ShapeError
+        Labels whose length differs from the inputs'.
     """
 
     def __init__(
@@ -128,16 +200,27 @@ class RichnessTracker(Callback):
         batch_size: int = 4096,
         baselines: bool = True,
         nc1_ridge: float = 1e-4,
+        train_mode: TrainMode = "eval",
     ) -> None:
         if not eval_sets:
             raise DataError("eval_sets is empty: give at least one {name: (inputs, labels)}")
-        if every is not None and every < 1:
-            raise DataError(f"every must be a positive number of steps, got {every}")
+        if every is not None and (
+            isinstance(every, bool) or not isinstance(every, int) or every < 1
+        ):
+            raise DataError(f"every must be a positive number of steps (or None), got {every!r}")
+        _check_batch_size(batch_size)
+        check_train_mode(train_mode)
         self.eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         for name, value in eval_sets.items():
+            if isinstance(value, tuple) and len(value) != 2:
+                raise DataError(
+                    f"eval set {name!r} must be inputs or an (inputs, labels) pair, got a "
+                    f"tuple of {len(value)}"
+                )
             inputs, labels = value if isinstance(value, tuple) else (value, None)
             if not isinstance(inputs, torch.Tensor) or inputs.ndim == 0 or len(inputs) < 2:
-                raise DataError(f"eval set {name!r} needs a tensor of at least 2 inputs")
+                got = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs)
+                raise DataError(f"eval set {name!r} needs a tensor of at least 2 inputs, got {got}")
             if labels is not None and len(labels) != len(inputs):
                 raise ShapeError(
                     f"eval set {name!r}: {len(inputs)} inputs but {len(labels)} labels"
@@ -150,26 +233,36 @@ class RichnessTracker(Callback):
         self.batch_size = batch_size
         self.baselines = baselines
         self.nc1_ridge = nc1_ridge
+        self.train_mode: TrainMode = train_mode
         self.history: list[dict[str, float]] = []
         self._init_features: dict[str, torch.Tensor] | None = None
+        self._warned = False
 
     def should_record(self, step: int) -> bool:
         """Whether ``step`` is one of the chosen steps."""
         return step in self.steps or (self.every is not None and step % self.every == 0)
 
+    def _analysed(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model to measure: see ``train_mode``; the policy's warning comes once."""
+        if self._warned and model.training and self.train_mode == "eval":
+            return copy.deepcopy(model).eval()
+        net = _model_to_run(model, self.train_mode, "D_LR tracker")
+        self._warned = self._warned or (model.training and self.train_mode == "eval")
+        return net
+
+    def _features(self, net: torch.nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return _collect(net, inputs, self.feature_module, self.position, self.batch_size)
+
     def measure(self, model: torch.nn.Module) -> dict[str, float]:
         """Compute every recorded quantity for ``model`` now (without a ``step`` key)."""
+        return self._measure(model, self._analysed(model))
+
+    def _measure(self, model: torch.nn.Module, net: torch.nn.Module) -> dict[str, float]:
         record: dict[str, float] = {}
         if self.baselines:
             record["param_norm_sq"] = parameter_norm_sq(model)
         for name, (inputs, labels) in self.eval_sets.items():
-            phi, out = collect_features(
-                model,
-                inputs,
-                self.feature_module,
-                position=self.position,
-                batch_size=self.batch_size,
-            )
+            phi, out = self._features(net, inputs)
             record[f"{name}/d_lr"] = d_lr(phi, out, mode="gram")
             record[f"{name}/d_lr_projection"] = d_lr(phi, out, mode="projection")
             if not self.baselines:
@@ -185,17 +278,11 @@ class RichnessTracker(Callback):
         """On a fresh start keep Φ at initialisation (for S_init) and record step 0."""
         if self._init_features is not None:
             return  # resumed: the initial features came from load_state_dict
+        net = self._analysed(model)
         self._init_features = {
-            name: collect_features(
-                model,
-                inputs,
-                self.feature_module,
-                position=self.position,
-                batch_size=self.batch_size,
-            )[0]
-            for name, (inputs, _) in self.eval_sets.items()
+            name: self._features(net, inputs)[0] for name, (inputs, _) in self.eval_sets.items()
         }
-        self.history.append({"step": 0, **self.measure(model)})
+        self.history.append({"step": 0, **self._measure(model, net)})
 
     def on_step(
         self,

@@ -9,13 +9,14 @@ catastrophic; the controls tell whether any comparable change would be.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from interbasis.errors import DataError, RankError
+from interbasis.errors import DataError, RankError, ShapeError
 from interbasis.spectral_edge.controls import random_directions
 from interbasis.spectral_edge.parameters import (
     ParamLayout,
@@ -23,6 +24,7 @@ from interbasis.spectral_edge.parameters import (
     flatten_params,
     unflatten,
 )
+from interbasis.train_mode import TrainMode, check_train_mode, needs_eval_copy
 
 
 def project_out(theta: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
@@ -85,10 +87,12 @@ def ablate_directions(
     *,
     n_random: int = 8,
     seed: int = 0,
+    train_mode: TrainMode = "eval",
 ) -> AblationResult:
     """Evaluate ``model`` with the edge projected out and with random controls.
 
-    The model's parameters are restored afterwards.
+    A model in eval mode is ablated in place and its parameters are restored afterwards; a
+    model in train mode is never changed: a copy is ablated (see ``train_mode``).
 
     Parameters
     ----------
@@ -96,15 +100,43 @@ def ablate_directions(
     layout : ParamLayout
     directions : torch.Tensor, shape (k, n) or (n,)
     evaluate : callable
-        ``evaluate(model) -> float``, e.g. test accuracy.
+        ``evaluate(model) -> float``, e.g. test accuracy. It must evaluate the module it is
+        given (which is a copy for a model in train mode), not a model it closes over.
     n_random : int
         Number of random draws for each control.
     seed : int
+    train_mode : {"eval", "error", "keep"}
+        For a model in train mode (:mod:`interbasis.train_mode`): ``"eval"`` (default)
+        ablates an eval-mode copy, with a warning; ``"error"`` refuses the model with
+        :class:`DataError`; ``"keep"`` ablates a copy in train mode.
+
+    Raises
+    ------
+    DataError
+        ``n_random`` not an int >= 1, an unknown ``train_mode``, a train-mode model with
+        ``train_mode="error"``.
+    RankError
+        Linearly dependent directions.
+    ShapeError
+        Directions that do not fit ``layout``, or a model whose tracked parameters differ.
     """
+    check_train_mode(train_mode)
+    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 1:
+        raise DataError(f"n_random must be an int >= 1, got {n_random!r}")
+    directions = torch.as_tensor(directions)
     directions = directions[None] if directions.ndim == 1 else directions
+    if directions.ndim != 2:
+        raise ShapeError(
+            f"directions must be (k, n) or (n,) with n = {layout.size}, got "
+            f"{tuple(directions.shape)}"
+        )
     for i in range(directions.shape[0]):
         check_vector(layout, directions[i], what=f"directions[{i}]")
     theta = flatten_params(model, layout)
+    if model.training:  # the caller's train-mode model is never ablated, nor run
+        eval_copy = needs_eval_copy(model, train_mode, "edge ablation")
+        model = copy.deepcopy(model)
+        model = model.eval() if eval_copy else model
     with torch.no_grad():
         return _ablate(model, layout, directions, theta, evaluate, n_random, seed)
 

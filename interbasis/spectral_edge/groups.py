@@ -50,10 +50,8 @@ def primitive_root(p: int) -> int:
     if p == 2:
         return 1
     factors = {d for d in range(2, p) if (p - 1) % d == 0 and is_prime(d)}
-    for g in range(2, p):
-        if all(pow(g, (p - 1) // q, p) != 1 for q in factors):
-            return g
-    raise AssertionError("unreachable: every prime has a primitive root")
+    # every prime has a primitive root, so the search always ends with a g < p
+    return next(g for g in range(2, p) if all(pow(g, (p - 1) // q, p) != 1 for q in factors))
 
 
 def discrete_log_table(p: int) -> np.ndarray:
