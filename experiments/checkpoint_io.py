@@ -39,6 +39,8 @@ RIB_MODADD_CHECKPOINT = RIB_MODADD_DIR / "model_epoch_60000.pt"
 # Buffers TransformerLens may or may not store; our defaults are used when absent.
 _OPTIONAL_KEYS = re.compile(r"blocks\.\d+\.attn\.(mask|IGNORE)$")
 _STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+TEMP_MARK = ".tmp"  # temporary files: f".{name}{TEMP_MARK}{pid}" beside the target
+_TEMP_FILE = re.compile(r"\..+\.tmp\d+")
 # Entries read_training_checkpoint checks (types), of the checkpoint and of its 'extra' section.
 _TRAIN_ENTRIES: dict[str, tuple[type, ...]] = {
     "step": (int,),
@@ -214,20 +216,58 @@ def rib_modadd_task() -> Task:
     return modular_task_from_rib_config(read_rib_config(RIB_MODADD_CHECKPOINT)["dataset"])
 
 
-def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` to a temporary file, fsync, then ``os.replace`` (never a partial file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort: not every OS or file system can)."""
     try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _replace_atomic(path: Path, fill: Any) -> Path:
+    """``fill(handle)`` a temporary file beside ``path``, fsync it, ``os.replace`` it onto
+    ``path`` and fsync the folder: readers see the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:  # created like any open(): 0o666 less the umask
+            fill(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
     return path
+
+
+def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save`` to a temporary file, fsync, then ``os.replace`` (never a partial file)."""
+    return _replace_atomic(Path(path), lambda fh: torch.save(obj, fh))
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` as :func:`save_atomic` does: old file or new file."""
+    data = text.encode("utf-8")
+    return _replace_atomic(Path(path), lambda fh: fh.write(data))
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files a killed writer left in ``folder`` (``.NAME.tmpPID`` of
+    :func:`save_atomic` / :func:`write_text_atomic`); returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    for path in folder.glob(f".*{TEMP_MARK}*") if folder.is_dir() else []:
+        if path.is_file() and _TEMP_FILE.fullmatch(path.name):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def pack_extra(extra: dict[str, Any]) -> bytes:

@@ -14,6 +14,7 @@ CUDA, numpy and Python RNG states, the callback states and the grokking bookkeep
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +30,9 @@ from experiments.checkpoint_io import (
     list_checkpoints,
     pack_extra,
     read_training_checkpoint,
+    remove_stale_temps,
     save_atomic,
+    write_text_atomic,
 )
 from experiments.models import model_spec
 from interbasis import Callback, DataError, FormatError
@@ -95,7 +98,13 @@ class RunDir:
         if list_checkpoints(self.out_dir):
             raise DataError(f"{self.out_dir} already holds checkpoints; resume or use a new dir")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "metrics.jsonl").write_text("")
+        self._remove_temps()
+        write_text_atomic(self.out_dir / "metrics.jsonl", "")
+
+    def _remove_temps(self) -> None:
+        """Temporary files of a killed earlier process (never read; removed)."""
+        remove_stale_temps(self.out_dir)
+        remove_stale_temps(self.out_dir / "checkpoints")
 
     def save(self, model: nn.Module, opt: torch.optim.Optimizer) -> Path:
         """Write ``checkpoints/step_{step:07d}.pt`` atomically."""
@@ -161,11 +170,16 @@ class RunDir:
         self.step = int(ckpt["step"])
         self.grokking_step = ckpt["grokking_step"]
         self.memorization_step = ckpt["memorization_step"]
-        for later_step, later in list_checkpoints(self.out_dir):
+        self._remove_temps()
+        # later checkpoints first, newest first: a kill in between leaves a prefix of the old
+        # run whose metrics are all still there, and the next resume trims them again
+        for later_step, later in reversed(list_checkpoints(self.out_dir)):
             if later_step > self.step:
                 later.unlink()
         kept = [r for r in read_metrics(self.out_dir) if r["step"] <= self.step]
-        (self.out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+        write_text_atomic(
+            self.out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept)
+        )
 
     def log(self, metrics: dict[str, Any], threshold: float) -> None:
         """Append an evaluation; the first step with test (train) accuracy >= threshold is the
@@ -175,8 +189,13 @@ class RunDir:
         if self.memorization_step is None and (metrics.get("train_acc") or 0) >= threshold:
             self.memorization_step = self.step
         metrics.update(grokking_step=self.grokking_step, memorization_step=self.memorization_step)
-        with open(self.out_dir / "metrics.jsonl", "a") as fh:
+        # one append of a whole line, flushed: a kill can only tear the last line, which
+        # read_metrics drops (and a resume rewrites the log up to its checkpoint)
+        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(metrics) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def write_json(self, name: str, content: dict[str, Any]) -> None:
-        (self.out_dir / name).write_text(json.dumps(content, indent=1))
+        """Write ``<out_dir>/name`` atomically (a kill leaves the old file or the new one)."""
+        write_text_atomic(self.out_dir / name, json.dumps(content, indent=1))

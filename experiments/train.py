@@ -32,6 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from experiments.checkpoint_io import latest_checkpoint, list_checkpoints
+from experiments.mlp import MLP_ACT_FNS
 from experiments.models import MLPConfig, TransformerConfig, build_model, model_spec
 from experiments.run_dir import RunDir, read_metrics
 from experiments.seed001_model import Seed001Config
@@ -44,7 +45,8 @@ from experiments.tasks import (
     regression_task,
     two_tasks,
 )
-from interbasis import Callback, DataError
+from experiments.transformer import ACT_FNS, NORMALIZATION_TYPES
+from interbasis import Callback, DataError, FormatError, InterbasisError
 
 
 @dataclass
@@ -88,20 +90,122 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
+            raise DataError(f"TrainConfig.betas (--betas) must be two numbers, got {self.betas!r}")
+        for name in ("ops", "d_hidden", "checkpoint_steps"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+                raise DataError(f"TrainConfig.{name} ({_flag(name)}) must be a list, got {value!r}")
         self.ops, self.d_hidden = list(self.ops), list(self.d_hidden)
         self.checkpoint_steps = list(self.checkpoint_steps)
-        for name in ("steps", "eval_every", "warmup_steps"):
-            if getattr(self, name) < 0:
-                raise DataError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("batch_size", "checkpoint_every", "threads"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise DataError(f"TrainConfig.{name} must be >= 1 or None, got {value}")
-        if not self.lr > 0 or not 0 < self.frac_train <= 1:
+        validate_config(self)
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+# name -> (smallest accepted value, None accepted); bools are not ints here
+_INT_FIELDS: dict[str, tuple[int, bool]] = {
+    "p": (2, False),
+    "data_seed": (0, False),
+    "n_samples": (1, False),
+    "n_layers": (1, False),
+    "d_model": (1, False),
+    "n_heads": (1, False),
+    "d_head": (1, False),
+    "d_mlp": (1, False),
+    "warmup_steps": (0, False),
+    "batch_size": (1, True),
+    "steps": (0, False),
+    "seed": (0, False),
+    "eval_every": (0, False),
+    "checkpoint_every": (1, True),
+    "eval_batch_size": (1, False),
+    "threads": (1, True),
+}
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "task": (*MODULAR_OPS, "multitask", "div_seq", "x2", "sin5x", "two_tasks"),
+    "model": ("transformer", "seed001", "mlp"),
+    "optimizer": ("adamw", "adam"),
+    "loss": ("ce", "mse"),
+    "normalization_type": NORMALIZATION_TYPES,
+}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, (float, np.floating))) and math.isfinite(value)
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Check every field of ``cfg`` up front (type and range).
+
+    Raises
+    ------
+    DataError
+        Naming the field, its CLI flag and the value received, and what is accepted.
+    """
+
+    def bad(name: str, accepted: str) -> DataError:
+        return DataError(
+            f"TrainConfig.{name} must be {accepted} ({_flag(name)}), got {getattr(cfg, name)!r}"
+        )
+
+    for name, (minimum, none_ok) in _INT_FIELDS.items():
+        value = getattr(cfg, name)
+        if value is None and none_ok:
+            continue
+        if not _is_int(value) or value < minimum:
+            raise bad(name, f">= {minimum}{' or None' if none_ok else ''}, an int")
+    if not _is_int(cfg.seed) or cfg.seed >= 2**32:
+        raise bad("seed", "an int in [0, 2**32)")
+    for name, choices in _CHOICES.items():
+        if getattr(cfg, name) not in choices:
+            what = name.replace("_", " ")
             raise DataError(
-                f"need lr > 0 and frac_train in (0, 1], got {self.lr}, {self.frac_train}"
+                f"unknown {what} {getattr(cfg, name)!r} (TrainConfig.{name}, {_flag(name)}); "
+                f"expected one of {choices}"
             )
+    acts = {"transformer": ACT_FNS, "mlp": MLP_ACT_FNS}.get(cfg.model)
+    if acts is not None and cfg.act_fn not in acts:
+        raise bad("act_fn", f"one of {acts} for model={cfg.model!r}")
+    if not _is_number(cfg.lr) or cfg.lr <= 0:
+        raise bad("lr", "a finite number > 0")
+    if not _is_number(cfg.frac_train) or not 0 < cfg.frac_train <= 1:
+        raise DataError(
+            f"need TrainConfig.frac_train in (0, 1] (--frac-train), got {cfg.frac_train!r}"
+        )
+    if not _is_number(cfg.weight_decay) or cfg.weight_decay < 0:
+        raise bad("weight_decay", "a finite number >= 0")
+    if not all(_is_number(b) and 0 <= b < 1 for b in cfg.betas):
+        raise bad("betas", "two numbers in [0, 1)")
+    if cfg.grad_clip is not None and (not _is_number(cfg.grad_clip) or cfg.grad_clip <= 0):
+        raise bad("grad_clip", "a finite number > 0 or None")
+    if not _is_number(cfg.mse_scale) or cfg.mse_scale <= 0:
+        raise bad("mse_scale", "a finite number > 0")
+    if not _is_number(cfg.grok_threshold) or not 0 <= cfg.grok_threshold <= 1:
+        raise bad("grok_threshold", "a number in [0, 1]")
+    for name in ("nonzero", "progress"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise bad(name, "true or false")
+    if not cfg.ops or any(op not in MODULAR_OPS for op in cfg.ops):
+        raise bad("ops", f"a non-empty list of {MODULAR_OPS}")
+    if any(not _is_int(d) or d < 1 for d in cfg.d_hidden):
+        raise bad("d_hidden", "a list of ints >= 1")
+    if any(not _is_int(s) or s < 0 for s in cfg.checkpoint_steps):
+        raise bad("checkpoint_steps", "a list of ints >= 0")
+    if not isinstance(cfg.device, str) or not cfg.device:
+        raise bad("device", '"auto", "cpu", "cuda" or another torch device name')
+    if cfg.device != "auto":
+        try:
+            torch.device(cfg.device)
+        except (RuntimeError, ValueError) as err:
+            raise bad("device", '"auto" or a torch device name such as "cpu" or "cuda"') from err
 
 
 def quick_config(**overrides: Any) -> TrainConfig:
@@ -239,8 +343,19 @@ def train(
 
     ``resume=True`` continues from the latest checkpoint in ``out_dir`` (a fresh start when
     there is none); a path resumes from that checkpoint. Without ``resume`` an ``out_dir``
-    that already holds checkpoints is refused.
+    that already holds checkpoints is refused. Every file of the run directory is written
+    atomically, so a run killed at any point (even SIGKILL) and resumed ends with the same
+    checkpoints and metrics as an uninterrupted one.
+
+    Raises
+    ------
+    DataError
+        A config field of the wrong type or out of range (:func:`validate_config`), a run
+        directory that already holds checkpoints, a resume whose config differs.
+    FormatError
+        A checkpoint to resume from that cannot be read or does not fit.
     """
+    validate_config(cfg)  # the dataclass may have been changed since it was built
     threads = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -361,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", required=True, help="run directory")
+    parser.add_argument("--out", default=None, help="run directory (required)")
     parser.add_argument(
         "--resume",
         nargs="?",
@@ -389,13 +504,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
     except (ValueError, KeyError, argparse.ArgumentTypeError) as err:
         parser.error(str(err))
-    out = Path(args.out)
-    if args.resume and (out / "run.json").is_file():
-        base = TrainConfig(**json.loads((out / "run.json").read_text())["config"])
-    else:
-        base = quick_config() if args.quick else TrainConfig()
-    cfg = TrainConfig(**{**asdict(base), **overrides, "progress": not args.no_progress})
-    result = train(cfg, out, resume=args.resume)
+    try:
+        cfg = _cli_config(args, overrides)  # validated before anything is written
+        if args.out is None:
+            raise DataError("--out is required: the run directory to write (or to resume)")
+        result = train(cfg, args.out, resume=args.resume)
+    except (InterbasisError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(
         json.dumps(
             {
@@ -411,6 +527,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     return 0
+
+
+def _cli_config(args: argparse.Namespace, overrides: dict[str, Any]) -> TrainConfig:
+    """The run's config: ``run.json``'s when resuming a run that has one, else ``--quick`` or
+    the defaults; then the flags given."""
+    saved = Path(args.out) / "run.json" if args.out is not None else None
+    if args.resume and saved is not None and saved.is_file():
+        try:
+            stored = json.loads(saved.read_text())["config"]
+            base = TrainConfig(**stored)
+        except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
+            raise FormatError(
+                f"cannot resume from {saved}: its 'config' is not a training config of this "
+                f"version ({type(err).__name__}: {err})"
+            ) from err
+    else:
+        base = quick_config() if args.quick else TrainConfig()
+    return TrainConfig(**{**asdict(base), **overrides, "progress": not args.no_progress})
 
 
 if __name__ == "__main__":

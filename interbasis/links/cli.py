@@ -4,12 +4,19 @@ A run directory (``<run>/checkpoints/step_*.pt``) gives the series atlas; a chec
 (a training checkpoint, or a TransformerLens state dict with ``config.yaml`` beside it) the
 atlas of one model. The task, its split and the model come from ``experiments`` (imported
 here, inside the command, as the CLI layer may). Writes ``atlas.html`` and ``atlas.json``.
+
+A series atlas keeps each finished checkpoint's row in ``OUT/.atlas_rows/`` while it runs
+(atomic writes); ``--resume`` reuses the rows found there (the same checkpoint file, data,
+settings, versions and thread count), so a run killed part-way and restarted with
+``--resume`` gives the same report as an uninterrupted one. The folder is removed once the
+report is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -80,7 +87,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-grid", action="store_true", help="no Fourier labels over Z_p^2")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"reuse the checkpoint rows an interrupted run left in OUT/{ROWS_DIR}",
+    )
     return p
+
+
+ROWS_DIR = ".atlas_rows"  # finished checkpoint rows of a series atlas (removed at the end)
+# temporary files of the atomic writers (interbasis.io.atomic_write, links.report)
+_TEMP_FILE = re.compile(r"\.(atlas\.(json|html)\..+\.tmp|atlas-probe\..+)")
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """Temporary files a killed earlier run left in the report directory."""
+    for folder, pattern in ((out, _TEMP_FILE), (out / ROWS_DIR, re.compile(r"\..+\.tmp"))):
+        for path in folder.iterdir() if folder.is_dir() else []:
+            if path.is_file() and pattern.fullmatch(path.name):
+                path.unlink(missing_ok=True)
 
 
 def atlas_data(
@@ -136,6 +161,7 @@ def atlas_command(argv: Sequence[str] | None = None) -> int:
     created = not out.exists()
     try:
         check_writable(out)  # fail before any work
+        _remove_stale_temps(out)
         target = Path(args.target)
         # a directory is a run unless it holds a single checkpoint file (rib's layout); an
         # empty one gets load_series's message ("no checkpoints in ...")
@@ -156,13 +182,15 @@ def atlas_command(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
         if series is not None:
             report, figures = series_report(
-                series, data, settings, progress=lambda m: print(m, file=sys.stderr)
-            )
+                series, data, settings, progress=lambda m: print(m, file=sys.stderr),
+                cache_dir=out / ROWS_DIR, resume=args.resume,
+            )  # fmt: skip
         else:
             report, figures = model_report(model, data, settings)
         report["title"] = f"interbasis atlas of {target.name}"
         report["settings"] = {"target": str(target), **report["settings"]}
         html_path, json_path = write_atlas(report, figures, args.out)
+        shutil.rmtree(out / ROWS_DIR, ignore_errors=True)
     except (InterbasisError, GraphError, OSError) as err:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # leave no trace of a report that was not written
