@@ -23,6 +23,7 @@ make round-off large next to Λ's own maximum. A number is an absolute threshold
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Literal
 
 import torch
 
-from interbasis.errors import RankError, ShapeError
+from interbasis.errors import DataError, RankError, ShapeError
 from interbasis.io import atomic_write, read_bases_file
 from interbasis.performance import single_thread
 
@@ -134,8 +135,12 @@ def truncation_floor(
     if truncation == "auto":
         top = float(eigenvalues.max()) if eigenvalues.numel() else 0.0
         return max(top, scale, 0.0) * eigenvalues.numel() * _EPS64
-    if isinstance(truncation, str) or not truncation >= 0:
-        raise ValueError(f'truncation must be "auto" or a number >= 0, got {truncation!r}')
+    if (
+        isinstance(truncation, (str, bool))
+        or not isinstance(truncation, numbers.Real)
+        or not truncation >= 0
+    ):
+        raise DataError(f'truncation must be "auto" or a number >= 0, got {truncation!r}')
     return float(truncation)
 
 

@@ -129,7 +129,7 @@ def check_int(name: str, value: Any, minimum: int = 1, allow_none: bool = True) 
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise DataError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _keep_positions(keep: Any, names: Sequence[str]) -> dict[str, list[int]]:
@@ -149,7 +149,7 @@ def _keep_positions(keep: Any, names: Sequence[str]) -> dict[str, list[int]]:
         if isinstance(positions, int):
             positions = [positions]
         if not all(isinstance(p, int) and not isinstance(p, bool) for p in positions):
-            raise ValueError(f"keep_positions[{name!r}] must be integers, got {positions!r}")
+            raise DataError(f"keep_positions[{name!r}] must be integers, got {positions!r}")
         out[name] = list(positions)
     return out
 
@@ -222,7 +222,7 @@ def prepare(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
-        raise ValueError(f"dtype must be a floating torch dtype or None, got {dtype}")
+        raise DataError(f"dtype must be a floating torch dtype or None, got {dtype}")
     if isinstance(node_layers, str) or not isinstance(node_layers, Sequence):
         raise TypeError(
             f"node_layers must be a list of module names, got {node_layers!r} "
@@ -234,7 +234,7 @@ def prepare(
         raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
     check_int("memory_budget", memory_budget, minimum=1024, allow_none=False)
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise DataError(f"mode must be one of {MODES}, got {mode!r}")
     check_train_mode(train_mode)
     if output is not None and not callable(output):
         raise TypeError(f"output must be a callable (return value -> tensor), got {output!r}")
@@ -381,7 +381,7 @@ def final_basis_of(run: Run, name: str, kind: str, center: bool, truncation: Tru
     if kind == "pca":
         gram = g.covariance if center else g.second_moment
         return pca_basis(name, g.mean, gram, center=center, fold_bias=False, truncation=truncation)
-    raise ValueError(f'final_basis must be "neuron" or "pca", got {kind!r}')
+    raise DataError(f'final_basis must be "neuron" or "pca", got {kind!r}')
 
 
 def build_bases(
@@ -488,28 +488,28 @@ def check_basis_options(
 ) -> None:
     """Raise ``ValueError`` for unknown or incompatible basis options (before any work)."""
     if basis not in ("interaction", "pca", "neuron"):
-        raise ValueError(f'basis must be "interaction", "pca" or "neuron", got {basis!r}')
+        raise DataError(f'basis must be "interaction", "pca" or "neuron", got {basis!r}')
     if scope not in ("local", "global"):
-        raise ValueError(f'scope must be "local" or "global", got {scope!r}')
+        raise DataError(f'scope must be "local" or "global", got {scope!r}')
     if scope == "global" and basis != "interaction":
-        raise ValueError(
+        raise DataError(
             f'scope="global" applies to the interaction basis only; basis={basis!r} has no M'
         )
     if final_basis not in ("neuron", "pca"):
-        raise ValueError(f'final_basis must be "neuron" or "pca", got {final_basis!r}')
+        raise DataError(f'final_basis must be "neuron" or "pca", got {final_basis!r}')
     if truncation != "auto" and (
         isinstance(truncation, bool)
         or not isinstance(truncation, (int, float))
         or not truncation >= 0
     ):
-        raise ValueError(f'truncation must be "auto" or a threshold >= 0, got {truncation!r}')
+        raise DataError(f'truncation must be "auto" or a threshold >= 0, got {truncation!r}')
     for name, flag in (("center", center), ("fold_bias", fold_bias)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be True or False, got {flag!r}")
     if center and not fold_bias:
-        raise ValueError("center=True needs fold_bias=True: the mean is carried by the constant")
+        raise DataError("center=True needs fold_bias=True: the mean is carried by the constant")
     if fold_bias and not center:
-        raise ValueError(
+        raise DataError(
             "fold_bias=True needs center=True: without centring the constant coordinate mixes "
             "with the activations in the whitening (as in seed 004 appendix A), so it cannot be "
             "kept out of the rotation as node 0; use the default center=True, or "
@@ -568,14 +568,16 @@ def activation_grams(
     device: torch.device | str | None = None,
     batch_size: int | None = None,
     progress: bool = False,
+    train_mode: TrainMode = "eval",
 ) -> dict[str, GramAccumulator]:
     """Streaming activation Grams (means, centred and uncentred) of the given node layers.
 
     Node layers need not be sections of each other here (any modules, in forward order).
+    ``train_mode``: the train-mode policy (:mod:`interbasis.train_mode`).
     """
     run = prepare(
         model, data, node_layers, dtype=dtype, device=device, batch_size=batch_size,
-        progress=progress,
+        progress=progress, train_mode=train_mode,
     )  # fmt: skip
     return accumulate_activation_grams(run, check_cuts=False)
 
@@ -592,6 +594,7 @@ def output_jacobian_gram(
     batch_size: int | None = None,
     progress: bool = False,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    train_mode: TrainMode = "eval",
 ) -> torch.Tensor:
     """Jacobian Gram ``E[J^T J]``, ``J = d(f^{of} @ out_map) / d f^{wrt}`` ``(d_wrt, d_wrt)``.
 
@@ -601,11 +604,12 @@ def output_jacobian_gram(
     refuses them; :mod:`interbasis.degeneracy` takes the partial Jacobian there (other paths
     held fixed). Positions follow DESIGN §4 (diagonal in input position, normalised by
     ``N * P_in``). The section from ``wrt`` to ``of`` must be a cut of the forward pass
-    (checked on the first batch).
+    (checked on the first batch). ``train_mode``: the train-mode policy
+    (:mod:`interbasis.train_mode`).
     """
     run = prepare(
         model, data, [wrt, of], dtype=dtype, device=device, batch_size=batch_size,
-        progress=progress, memory_budget=memory_budget,
+        progress=progress, memory_budget=memory_budget, train_mode=train_mode,
     )  # fmt: skip
     accumulate_activation_grams(run, check_cuts=True)
     width = run.grams[of].dim

@@ -474,7 +474,8 @@ def run_section(
         handles.append(read_module.register_forward_pre_hook(read_hook, with_kwargs=True))
     try:
         out = call_model(model, inputs)
-        result.append(select_output(out, output))
+        if read_module is None:  # reading the model output
+            result.append(select_output(out, output))
     except _StopForward:
         pass
     finally:

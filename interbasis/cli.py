@@ -60,9 +60,17 @@ def _load_data(checkpoint: str, data: str) -> Any:
         raise SystemExit(
             f"error: --data must be train, test, all or a tensor file; {data} not found"
         )
-    tensor = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        tensor = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a torch file, truncated, or holding pickled objects
+        raise SystemExit(
+            f"error: --data {data} is not a tensor file written by torch.save (torch.load "
+            f"failed with {type(err).__name__}); pass train, test, all or such a file"
+        ) from err
     if not isinstance(tensor, torch.Tensor):
-        raise SystemExit(f"error: {data} holds a {type(tensor).__name__}, not a tensor of inputs")
+        raise SystemExit(
+            f"error: --data {data} holds a {type(tensor).__name__}, not a tensor of model inputs"
+        )
     return tensor
 
 
@@ -94,6 +102,7 @@ def run_graph(
     from experiments.checkpoint_io import load_checkpoint
     from graphs import draw_graph, find_modules, write_graphml, write_html
     from interbasis import build_graph
+    from interbasis.io import atomic_write
 
     t0 = time.time()
     model = load_checkpoint(checkpoint)
@@ -128,11 +137,18 @@ def run_graph(
         write_graphml(graph, out / "graph.graphml")
         write_html(graph, out / "graph.html", title=f"interaction graph of {Path(checkpoint).name}")
         ax = draw_graph(graph)
-        ax.figure.savefig(out / "graph.png", dpi=130, bbox_inches="tight")
+        fig = ax.figure
+        atomic_write(out / "graph.png", lambda p: fig.savefig(p, dpi=130, bbox_inches="tight",
+                                                             format="png"))  # fmt: skip
         if config is not None:
             _write_config(out / "config.yaml", config, "graph")
         summary["seconds_total"] = round(time.time() - t0, 2)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        text = json.dumps(summary, indent=2, default=str) + "\n"
+
+        def write_summary(path: Path) -> None:
+            path.write_text(text)
+
+        atomic_write(out / "summary.json", write_summary)
     except BaseException:
         if created:
             shutil.rmtree(out, ignore_errors=True)
@@ -179,8 +195,11 @@ def _read_config(path: str) -> dict[str, Any]:
         cfg = yaml.safe_load(text)
     except OSError as err:
         raise SystemExit(f"error: cannot read --config {path}: {err.strerror or err}") from err
-    except yaml.YAMLError as err:
-        raise SystemExit(f"error: --config {path} is not valid YAML: {err}") from err
+    except yaml.YAMLError as err:  # its message spans several lines: one line here
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise SystemExit(f"error: --config {path} is not valid YAML{where}: {what}") from err
     if cfg is None:
         return {}
     if not isinstance(cfg, dict):

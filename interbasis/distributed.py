@@ -36,7 +36,7 @@ from typing import Any, Literal, TypeVar
 
 import torch
 
-from interbasis.errors import InterbasisError
+from interbasis.errors import DataError, InterbasisError
 from interbasis.grams import GramAccumulator, JacobianGramAccumulator
 from interbasis.sources import SourceSpread
 
@@ -64,7 +64,7 @@ def _check_rank(rank: int, world: int) -> None:
         if isinstance(v, bool) or not isinstance(v, int):
             raise TypeError(f"{name} must be an integer, got {v!r}")
     if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"need 0 <= rank < world and world >= 1, got rank={rank}, world={world}")
+        raise DataError(f"need 0 <= rank < world and world >= 1, got rank={rank}, world={world}")
 
 
 def shard_batches(batches: Iterable[T], rank: int, world: int) -> Iterator[T]:
@@ -87,7 +87,7 @@ def unit_range(n_units: int, rank: int, world: int) -> range:
     """
     _check_rank(rank, world)
     if isinstance(n_units, bool) or not isinstance(n_units, int) or n_units < 0:
-        raise ValueError(f"n_units must be an integer >= 0, got {n_units!r}")
+        raise DataError(f"n_units must be an integer >= 0, got {n_units!r}")
     return range(n_units * rank // world, n_units * (rank + 1) // world)
 
 
@@ -141,7 +141,7 @@ class Shard:
     def __post_init__(self) -> None:
         _check_rank(self.rank, self.world)
         if self.split_over not in SPLITS:
-            raise ValueError(f"split_over must be one of {SPLITS}, got {self.split_over!r}")
+            raise DataError(f"split_over must be one of {SPLITS}, got {self.split_over!r}")
 
     @property
     def active(self) -> bool:
@@ -194,7 +194,10 @@ class Shard:
         """Sum of a tensor that some ranks may lack (taken as zeros of the common shape)."""
         if not self.active:
             if t is None:
-                raise ValueError("sum_optional of None on a single rank")
+                raise DataError(
+                    "Shard.sum_optional: t is None on a single-rank shard, where no other rank "
+                    "can supply the tensor; pass a tensor (None is for empty shards of a group)"
+                )
             return t.to(torch.float64)
         shape = self._shape(t, ndim)
         if t is None:
@@ -274,7 +277,10 @@ class Shard:
         same on every rank when ranks split output units). Empty-shard ranks pass ``None``."""
         if not self.active:
             if acc is None:
-                raise ValueError("no Jacobian Gram to reduce on a single rank")
+                raise DataError(
+                    "Shard.reduce_jacobian_gram: acc is None on a single-rank shard (no batch "
+                    "was accumulated); pass the accumulator of at least one batch"
+                )
             return acc
         total = self.sum_optional(acc.running_sum if acc is not None else None, 2, device)
         out = JacobianGramAccumulator(total.shape[0], device=total.device)
@@ -328,7 +334,7 @@ def get_shard(process_group: Any = None, split_over: SplitOver = "data") -> Shar
         When ``process_group`` is given but ``torch.distributed`` is not initialised.
     """
     if split_over not in SPLITS:
-        raise ValueError(f"split_over must be one of {SPLITS}, got {split_over!r}")
+        raise DataError(f"split_over must be one of {SPLITS}, got {split_over!r}")
     dist = _dist()
     initialised = dist.is_available() and dist.is_initialized()
     if process_group is not None and not initialised:

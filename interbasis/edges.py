@@ -46,7 +46,7 @@ from interbasis.jacobians import (
     is_affine_on,
     unit_spread,
 )
-from interbasis.section import JacobianChunk, Mode, Section
+from interbasis.section import JacobianChunk, Mode, Section, position_mask
 from interbasis.sources import STREAM_EDGES, Sources, SourceSpread
 
 EdgeKind = Literal["squared", "functional", "weight"]
@@ -77,6 +77,18 @@ def _inputs(
         )
     f_hat = section.input_positions(basis_in.transform(f)).to(f.dtype)
     return f, layout, f_hat
+
+
+def _padding_masks(
+    section: Section, x: Any, p_in: int, p_out: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(b, P_in_kept)`` and ``(b, P_out)`` bool masks of the real (non-padding) positions
+    of a batch given with an ``attention_mask``, or None (see :func:`position_mask`)."""
+    in_mask, out_mask = position_mask(x, p_in), position_mask(x, p_out)
+    kept = section.kept_in(p_in)
+    if in_mask is not None and kept is not None:
+        in_mask = in_mask[:, kept.to(in_mask.device)]
+    return in_mask, out_mask
 
 
 def _finish(
@@ -119,7 +131,10 @@ class SquaredEdges:
 
     def add(self, batch: int, acts_in: torch.Tensor, chunk: JacobianChunk) -> None:
         if not chunk.out_units.per_node:
-            raise ValueError("squared edges need exact output directions (no hidden sources)")
+            raise DataError(
+                "squared edges need exact output directions: the chunk's output units combine "
+                "hidden directions (Sources(hidden=...)); use Sources(positions=S) or None"
+            )
         new_batch = batch != self._batch
         if new_batch:
             self.spread.end_batch()
@@ -189,8 +204,8 @@ def squared_edges(
 
 def gauss_legendre(n_points: int) -> tuple[np.ndarray, np.ndarray]:
     """Nodes and weights of ``n_points``-point Gauss–Legendre quadrature on [0, 1]."""
-    if n_points < 1:
-        raise ValueError(f"n_points must be >= 1, got {n_points}")
+    if isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 1:
+        raise DataError(f"n_points must be an integer >= 1, got {n_points!r}")
     nodes, weights = np.polynomial.legendre.leggauss(n_points)
     return (nodes + 1) / 2, weights / 2
 
@@ -228,7 +243,10 @@ def functional_edges(
     count = 0
     lo = 1 if basis_in.has_constant else 0
     if section.keep_in is not None or section.keep_out is not None:
-        raise ValueError('edges="functional" does not support keep_positions; use "squared"')
+        raise DataError(
+            f'edges="functional" does not support keep_positions (section {section.name}); '
+            'use edges="squared"'
+        )
     shard = shard if shard is not None else Shard()
     with shard.stage(f"functional edges {section.inject[0]}"):
         for x in shard.batches(batches):
@@ -236,15 +254,20 @@ def functional_edges(
             pinv = _nonconstant_pinv(basis_in).to(f.device, f.dtype)
             E = E.to(f.device)
             om = omap.to(f.device, f.dtype)
-            count += f_hat.shape[0] * f_hat.shape[1]
             fn = section.fn(x, layout)
             centred = (f_hat[..., lo:] @ pinv[lo:]).reshape(f.shape)  # f - mean, in the basis span
             with torch.no_grad():
                 out_1 = fn(f) @ om  # (b, P_out, k)
+            in_mask, out_mask = _padding_masks(section, x, f_hat.shape[1], out_1.shape[1])
+            if in_mask is not None:  # padding positions are no samples, nor output units
+                f_hat = f_hat * in_mask[..., None].to(f_hat)
+            count += int(in_mask.sum()) if in_mask is not None else f_hat.shape[0] * f_hat.shape[1]
             for alpha, w in zip(alphas, weights, strict=True):
                 f_alpha = f - (1.0 - float(alpha)) * centred
                 with torch.no_grad():
                     delta = out_1 - fn(f_alpha) @ om
+                if out_mask is not None:
+                    delta = delta * out_mask[..., None].to(delta)
                 cotangents = _path_cotangents(delta, om)
                 with torch.no_grad():
                     for units, grads in batched_vjps(fn, f_alpha, k, cotangents, memory_budget):
@@ -280,7 +303,7 @@ def weight_edges(
     which equals the squared edges for an affine section.
     """
     omap, first = _out_nodes(basis_out)
-    S: torch.Tensor | None = None
+    S: dict[tuple[bool, ...] | None, torch.Tensor] = {}  # per padding pattern of the outputs
     count = 0
     J = jacobian
     inject, read = section.inject, section.read
@@ -301,13 +324,28 @@ def weight_edges(
                     'edges="squared"'
                 )
         f64 = f_hat.to(torch.float64)
-        S_b = torch.einsum("bsj,brj->srj", f64, f64)
-        S = S_b if S is None else S + S_b
-        count += f_hat.shape[0] * f_hat.shape[1]
-    assert J is not None and S is not None  # iter_batches raises on empty data
+        in_mask, out_mask = _padding_masks(section, x, f_hat.shape[1], J.shape[0] // omap.shape[1])
+        if in_mask is not None:  # padding positions are no samples
+            f64 = f64 * in_mask[..., None].to(f64)
+        count += int(in_mask.sum()) if in_mask is not None else f_hat.shape[0] * f_hat.shape[1]
+        if out_mask is None or bool(out_mask.all()):
+            groups: list[tuple[tuple[bool, ...] | None, torch.Tensor]] = [(None, f64)]
+        else:  # samples grouped by which output positions are real (padding: no units)
+            patterns, which = torch.unique(out_mask, dim=0, return_inverse=True)
+            groups = [(tuple(p.tolist()), f64[which == i]) for i, p in enumerate(patterns)]
+        for key, f_group in groups:
+            S_b = torch.einsum("bsj,brj->srj", f_group, f_group)
+            S[key] = S[key] + S_b if key in S else S_b
+    assert J is not None and S  # iter_batches raises on empty data
     pinv = _nonconstant_pinv(basis_in).to(J.device, torch.float64)
-    J_hat = (J.to(torch.float64) @ pinv.T).reshape(-1, omap.shape[1], *S.shape[1:])
-    E_nodes = torch.einsum("tisj,tirj,srj->ij", J_hat, J_hat, S)
+    n_units = omap.shape[1]
+    J_hat = (J.to(torch.float64) @ pinv.T).reshape(-1, n_units, *J.shape[1:-1], pinv.shape[0])
+    E_nodes = torch.zeros(n_units, pinv.shape[0], dtype=torch.float64, device=J.device)
+    for key, S_key in S.items():
+        real = torch.ones(J_hat.shape[0], dtype=torch.float64, device=J.device)
+        if key is not None:
+            real = torch.tensor(key, dtype=torch.float64, device=J.device)
+        E_nodes += torch.einsum("tisj,tirj,srj,t->ij", J_hat, J_hat, S_key.to(J.device), real)
     E = torch.zeros(basis_out.n_nodes, basis_in.n_nodes, dtype=torch.float64, device=J.device)
     E[first:] = E_nodes
     return _finish(E, count, basis_in, basis_out, section.inject[0])

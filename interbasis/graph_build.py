@@ -31,7 +31,7 @@ from interbasis.build import (
     prepare,
     section_gram,
 )
-from interbasis.capture import OutputSelector
+from interbasis.capture import OutputSelector, capture
 from interbasis.distributed import SplitOver
 from interbasis.edges import (
     EDGE_KINDS,
@@ -41,8 +41,8 @@ from interbasis.edges import (
     squared_edges,
     weight_edges,
 )
-from interbasis.errors import ShapeError
-from interbasis.jacobians import DEFAULT_MEMORY_BUDGET
+from interbasis.errors import DataError, ShapeError
+from interbasis.jacobians import DEFAULT_MEMORY_BUDGET, affine_jacobian, is_affine_on
 from interbasis.section import JacobianChunk, Mode
 from interbasis.sources import Sources, check_sources
 from interbasis.stage_cache import CacheDir, basis_stage, stage
@@ -87,6 +87,32 @@ def _check_bases(run: Run, bases: Sequence[Basis]) -> None:
             raise ShapeError(
                 f"basis of {name!r} has width {b.dim} but the model's {name!r} has width "
                 f"{width} (bases from another model?)"
+            )
+
+
+def check_affine_sections(run: Run) -> None:
+    """``edges="weight"`` needs affine sections: refuse one that is not affine on the first
+    batch before any pass over the data (:func:`interbasis.edges.weight_edges` checks every
+    batch again). The check projects each section's output on a few random directions."""
+    x = next(iter(run.batches()))
+    with torch.no_grad():
+        acts, layouts = capture(
+            run.model, x, run.modules, run.output, run.feature_dims, batch_index=0
+        )
+    g = torch.Generator().manual_seed(0)
+    for lo, hi in itertools.pairwise(run.names):
+        f, width = acts[lo].detach(), acts[hi].shape[-1]
+        out_map = torch.randn(width, min(width, 4), generator=g, dtype=torch.float64)
+        out_map = out_map.to(f.device, f.dtype)
+        section = run.section(lo, hi)
+        with torch.no_grad():
+            J = affine_jacobian(section, x, f, layouts[lo], out_map)
+            affine = is_affine_on(section, x, f, layouts[lo], out_map, J)
+        if not affine:
+            raise DataError(
+                f'edges="weight" needs an affine section, but {lo!r} -> {hi!r} is not affine '
+                'on the first batch of the data; use edges="squared" (checked before any '
+                "pass over the data)"
             )
 
 
@@ -239,7 +265,8 @@ def build_graph(
     Parameters are those of :func:`interbasis.build_bases`, plus:
 
     edges : ``"squared"`` (default), ``"functional"`` (``n_points`` Gauss–Legendre points;
-        absolute values stored) or ``"weight"`` (linear sections only); see
+        absolute values stored) or ``"weight"`` (affine sections only: a section that is not
+        affine on the first batch is refused before any pass over the data); see
         :mod:`interbasis.edges`.
     bases : precomputed bases for these node layers (e.g. from :func:`build_bases` or
         :func:`interbasis.load_bases`); then no basis is recomputed and ``basis`` and the
@@ -268,21 +295,21 @@ def build_graph(
     >>> import torch
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
     >>> g = build_graph(net.eval(), torch.randn(64, 3), ["0", "2", "output"], progress=False)
-    >>> [e.shape for e in g.edges]
-    [(5, 4), (2, 5)]
+    >>> [e.shape for e in g.edges]  # "2" keeps the constant and the 2 directions the output sees
+    [(3, 4), (2, 3)]
     """
     from interbasis import __version__
 
     check_basis_options(basis, scope, center, fold_bias, truncation, final_basis)
     if edges not in EDGE_KINDS:
-        raise ValueError(f"edges must be one of {EDGE_KINDS}, got {edges!r}")
+        raise DataError(f"edges must be one of {EDGE_KINDS}, got {edges!r}")
     if not isinstance(node_layers, str) and len(node_layers) < 2:
         raise ShapeError(f"a graph needs at least two node layers, got {list(node_layers)}")
     check_int("n_points", n_points)
     check_int("jacobian_cache", jacobian_cache, minimum=0, allow_none=False)
     edge_sources = check_sources(edge_sources, "edge_sources", edges=True)
     if edge_sources is not None and edges != "squared":
-        raise ValueError(f'edge_sources applies to edges="squared", not edges={edges!r}')
+        raise DataError(f'edge_sources applies to edges="squared", not edges={edges!r}')
     started = time.time()
     run = prepare(
         model, data, node_layers, dtype=dtype, device=device, batch_size=batch_size,
@@ -291,6 +318,8 @@ def build_graph(
         feature_dim=feature_dim, process_group=process_group, split_over=split_over,
         cache_dir=cache_dir,
     )  # fmt: skip
+    if edges == "weight":
+        check_affine_sections(run)
     accumulate_activation_grams(run, check_cuts=True)
     names = run.names
     given = bases is not None

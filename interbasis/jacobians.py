@@ -34,6 +34,7 @@ from interbasis.section import (
     Mode,
     Section,
     forward_mode_unavailable,
+    position_mask,
     units_per_chunk,
 )
 from interbasis.sources import STREAM_M, OutputUnits, Sources, SourceSpread
@@ -94,9 +95,13 @@ def batched_vjps(
 def affine_jacobian(
     section: Section, x: Any, value: torch.Tensor, layout: InputLayout, out_map: torch.Tensor
 ) -> torch.Tensor:
-    """Exact Jacobian of the output units at the first sample ``(units, P_kept, d_in)``."""
-    x1 = x[:1] if isinstance(x, torch.Tensor) else {k: v[:1] for k, v in x.items()}
-    grads = [c.grads for c in section.jacobians(x1, value[:1], layout, out_map, mode="vjp")]
+    """Exact Jacobian of the output units at one sample ``(units, P_kept, d_in)``: the first,
+    or with padding (``attention_mask``) the first with the most real positions."""
+    mask = section.input_mask(x, value)
+    i = 0 if mask is None else int(mask.sum(1).argmax())
+    pick = slice(i, i + 1)
+    x1 = x[pick] if isinstance(x, torch.Tensor) else {k: v[pick] for k, v in x.items()}
+    grads = [c.grads for c in section.jacobians(x1, value[pick], layout, out_map, mode="vjp")]
     return torch.cat(grads)[:, 0]
 
 
@@ -128,6 +133,9 @@ def is_affine_on(
         mask[kept] = True
         v[:, ~mask] = 0.0
     v = v.to(value.device)
+    in_mask = section.input_mask(x, value)
+    if in_mask is not None and kept is None:  # padding inputs are no samples: no direction
+        v = v * in_mask[..., None].to(v)
     try:
         jv = torch.func.jvp(section.fn(x, layout), (value,), (v.reshape(value.shape),))[1]
     except (NotImplementedError, RuntimeError) as err:
@@ -141,6 +149,11 @@ def is_affine_on(
     got = got.reshape(value.shape[0], -1)
     v_kept = section.input_positions(v.reshape(value.shape))
     want = torch.einsum("usd,bsd->bu", jacobian, v_kept)
+    out_mask = position_mask(x, jv.shape[1])
+    if out_mask is not None:  # padding outputs are no units (unit a * k + i reads pos[a])
+        real_pos = (out_mask.to(got) @ units.pos.to(got).abs().T) > 0  # (b, n_pos)
+        real = real_pos.repeat_interleave(units.dirs.shape[1], dim=1).to(got)
+        got, want = got * real, want * real
     scale = want.abs().amax(0).clamp_min(torch.finfo(want.dtype).tiny)  # per output unit
     rtol = max(AFFINE_RTOL, 1000 * torch.finfo(value.dtype).eps)
     return bool(((got - want).abs() <= rtol * scale).all())
@@ -221,6 +234,7 @@ def section_jacobian_gram(
     acc: JacobianGramAccumulator | None = None
     spread = SourceSpread()
     reach: torch.Tensor | None = None  # squared Jacobian norm per kept input position
+    ever_real: torch.Tensor | None = None  # kept positions that are not padding in some sample
     shard = shard if shard is not None else Shard()
     start, state = partial_sums.resume()
     if state is not None:
@@ -236,6 +250,8 @@ def section_jacobian_gram(
                 acc = JacobianGramAccumulator(value.shape[-1], device=value.device)
             mask = section.input_mask(x, value)  # padding positions are no samples
             n = int(mask.sum()) if mask is not None else acts_in.shape[0] * acts_in.shape[1]
+            real = torch.ones(acts_in.shape[1], dtype=torch.bool) if mask is None else mask.any(0)
+            ever_real = _combine(ever_real, real.cpu(), torch.logical_or)
             acc.add_samples(n)
             with torch.no_grad():
                 for chunk in section.jacobians(
@@ -244,7 +260,7 @@ def section_jacobian_gram(
                 ):  # fmt: skip
                     acc.update(chunk.grads)
                     r = chunk.grads.to(torch.float64).pow(2).sum((0, 1, 3))
-                    reach = r if reach is None else reach + r
+                    reach = _combine(reach, r, torch.add)
                     per_unit = chunk.grads.pow(2).sum((1, 2, 3))
                     unit_spread(spread, chunk.out_units, chunk.units, per_unit)
                     for consume in consumers or []:
@@ -258,15 +274,33 @@ def section_jacobian_gram(
     acc = shard.reduce_jacobian_gram(acc, out_map.device)
     shard.reduce_spread(spread)
     if reach is not None and not shard.active and start == 0:  # one process saw every unit
-        _warn_unreached(section, reach, int(reach.numel()))
+        _warn_unreached(section, reach, int(reach.numel()), ever_real)
     rse = spread.relative_standard_error if spread.total else 0.0
     return SectionGram(acc.value, None, rse)
 
 
-def _warn_unreached(section: Section, reach: torch.Tensor, p_in: int) -> None:
+def _combine(
+    acc: torch.Tensor | None, new: torch.Tensor, op: Callable[..., torch.Tensor]
+) -> torch.Tensor:
+    """``op(acc, new)`` over positions, for batches of different lengths (zero-extended)."""
+    if acc is None:
+        return new
+    n = max(len(acc), len(new))
+    acc = torch.nn.functional.pad(acc, (0, n - len(acc)))
+    return op(acc, torch.nn.functional.pad(new.to(acc.device), (0, n - len(new))))
+
+
+def _warn_unreached(
+    section: Section, reach: torch.Tensor, p_in: int, real: torch.Tensor | None = None
+) -> None:
     """Warn, naming them, about input positions whose Jacobian is exactly zero on the data:
-    they never reach the next node layer, yet their activations count in the Gram."""
-    dead = (reach == 0).nonzero().flatten().tolist()
+    they never reach the next node layer, yet their activations count in the Gram.
+    ``real`` ``(p_in,)`` bool: positions that are not padding in some sample (padding
+    everywhere is not counted anyway)."""
+    unreached = reach.cpu() == 0
+    if real is not None:
+        unreached &= real
+    dead = unreached.nonzero().flatten().tolist()
     if not dead or len(dead) == p_in:
         return
     live = [i for i in range(p_in) if i not in dead]

@@ -261,7 +261,7 @@ class Section:
             (:func:`interbasis.distributed.unit_range`), by VJPs.
         """
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            raise DataError(f"mode must be one of {MODES}, got {mode!r}")
         p_out = self._output_positions(x, value, layout)
         if out_map.shape[0] != p_out[1]:
             raise DataError(

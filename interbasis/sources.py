@@ -55,7 +55,7 @@ def _check_count(name: str, value: object) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Sources({name}=...) must be None or a positive integer, got {value!r}")
+        raise DataError(f"Sources({name}=...) must be None or a positive integer, got {value!r}")
     return value
 
 
@@ -84,7 +84,7 @@ class Sources:
         _check_count("positions", self.positions)
         _check_count("hidden", self.hidden)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"Sources(seed=...) must be a non-negative integer, got {self.seed!r}")
+            raise DataError(f"Sources(seed=...) must be a non-negative integer, got {self.seed!r}")
 
     @property
     def exact(self) -> bool:
@@ -105,7 +105,7 @@ def check_sources(sources: object, name: str, *, edges: bool = False) -> Sources
             f"{type(sources).__name__}"
         )
     if edges and sources.hidden is not None:
-        raise ValueError(
+        raise DataError(
             f"{name}=Sources(hidden={sources.hidden}) is not supported: an edge belongs to one "
             "output node, so only output positions can be combined; use Sources(positions=S)"
         )

@@ -35,7 +35,7 @@ from torch import nn
 
 from interbasis.basis import Basis
 from interbasis.distributed import Shard
-from interbasis.errors import FormatError
+from interbasis.errors import DataError, FormatError, WriteError
 from interbasis.grams import GramAccumulator, JacobianGramAccumulator
 from interbasis.io import atomic_write
 from interbasis.sources import SourceSpread
@@ -54,7 +54,7 @@ class CacheDir:
 
     def __post_init__(self) -> None:
         if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
-            raise ValueError(f"CacheDir(every=...) must be a positive integer, got {self.every!r}")
+            raise DataError(f"CacheDir(every=...) must be a positive integer, got {self.every!r}")
 
 
 # --- hashing --------------------------------------------------------------------------------
@@ -156,7 +156,10 @@ def _load(path: Path) -> Any:
     except Exception as err:  # a truncated or foreign file: recompute rather than fail
         raise FormatError(f"stage cache file {path} is unreadable ({err})") from err
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise FormatError(f"stage cache file {path} was not written by this interbasis version")
+        raise FormatError(
+            f"stage cache file {path} was not written by this interbasis version (no "
+            f"'format': {FORMAT} entry); it is recomputed"
+        )
     return blob["value"]
 
 
@@ -184,7 +187,13 @@ class StageCache:
         every: int = DEFAULT_EVERY,
     ) -> None:
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a file in the way, no permission, a read-only disk
+            raise WriteError(
+                f"cache_dir {str(self.dir)!r} cannot be used as the stage cache directory "
+                f"({err.strerror or err}); choose a directory path"
+            ) from err
         self.base = hash_value(dict(base))
         self.shard = shard if shard is not None else Shard()
         self.every = every

@@ -24,7 +24,7 @@ TRAIN_MODES = ("eval", "error", "keep")
 
 def check_train_mode(train_mode: object) -> None:
     if train_mode not in TRAIN_MODES:
-        raise ValueError(f'train_mode must be "eval", "error" or "keep", got {train_mode!r}')
+        raise DataError(f'train_mode must be "eval", "error" or "keep", got {train_mode!r}')
 
 
 def needs_eval_copy(model: nn.Module, train_mode: TrainMode, what: str) -> bool:

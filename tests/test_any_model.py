@@ -306,3 +306,47 @@ def test_curvature_entry_points_follow_the_train_mode_policy() -> None:
     assert net.training and _unchanged(net, before)
     with pytest.raises(DataError, match="is in train mode"):
         Objective(net, loss, (x, y), train_mode="error")
+
+
+class PerPosition(nn.Module):
+    """``(x, attention_mask) -> logits``: positions never mix (like causal attention seen from
+    the left-most tokens), so padding positions only reach padding outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.up, self.down = nn.Linear(3, 6).double(), nn.Linear(6, 4).double()
+        self.head = nn.Linear(4, 2).double()
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.down(torch.tanh(self.up(x))))
+
+
+@pytest.mark.parametrize("edges", ["squared", "functional", "weight"])
+def test_padding_changes_no_edge_kind(edges: str) -> None:
+    """Padded positions (attention_mask 0, arbitrary values) are neither samples nor output
+    units: every edge kind on padded data equals the graph of the real positions alone."""
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(24, 4, 3, generator=g, dtype=torch.float64)
+    extra = torch.randn(24, 2, 3, generator=g, dtype=torch.float64)
+    padded = torch.cat([real, 5.0 * extra], dim=1)
+    mask = torch.ones(24, 6, dtype=torch.long)
+    mask[:, 4:] = 0
+    model = PerPosition().eval()
+    names = ["down", "head"] if edges == "weight" else ["up", "down", "output"]
+    kw = {"edges": edges, "progress": False}
+    want = ib.build_graph(model, {"x": real, "attention_mask": mask[:, :4]}, names, **kw)
+    got = ib.build_graph(model, {"x": padded, "attention_mask": mask}, names, **kw)
+    assert got.metadata["n_samples"] == want.metadata["n_samples"] == 24
+    for a, b in zip(got.edges, want.edges, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12 * np.abs(b).max())
+    # mixed padding in one batch: half of the sequences are real up to 6 positions
+    mixed_mask = mask.clone()
+    mixed_mask[::2, 4:] = 1
+    two = {"x": padded, "attention_mask": mixed_mask}
+    longer = {"x": padded[::2], "attention_mask": mixed_mask[::2]}
+    shorter = {"x": padded[1::2], "attention_mask": mask[1::2]}
+    both = ib.build_graph(model, [longer, shorter], names, batch_size=None, **kw)
+    mixed = ib.build_graph(model, two, names, **kw)
+    for a, b in zip(mixed.edges, both.edges, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12 * np.abs(b).max())
