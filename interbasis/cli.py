@@ -92,7 +92,8 @@ def run_graph(
     ``out`` is created only after the graph is built; if writing fails, a directory this call
     created is removed again. ``config`` (the resolved options) is written as ``config.yaml``.
     ``cache`` is the stage cache of a resumable build (``build_graph(cache_dir=)``). Under
-    ``torchrun`` every rank builds its share and only rank 0 writes.
+    ``torchrun`` every rank builds its share of the data; only rank 0 finds the modules and
+    writes (the other ranks return the summary without ``modules``).
     """
     import matplotlib
 
@@ -124,12 +125,12 @@ def run_graph(
         "edges_for_99pct": graph.edges_needed(0.99),
         "seconds_build": round(t_build, 2),
     }
+    if _rank() != 0:  # every rank holds the same graph; rank 0 clusters and writes it
+        return summary
     if modules:
         partition = find_modules(graph, method="leiden", seed=0)
         graph = graph.with_modules(partition)
         summary["modules"] = {"sizes": partition.sizes, "cost": partition.cost}
-    if _rank() != 0:  # every rank holds the same graph; one writes it
-        return summary
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -162,16 +163,89 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def _init_distributed() -> None:
-    """Under ``torchrun`` (``WORLD_SIZE`` > 1): join the process group (NCCL on GPUs, else
-    gloo) so that the build shards its data over the ranks (docs/distributed.md)."""
-    import os
+_TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                  "MASTER_PORT")  # fmt: skip
 
+
+def _torchrun_env() -> dict[str, str] | None:
+    """The variables ``torchrun`` sets for a rank, or ``None`` for a single-process run
+    (``WORLD_SIZE`` unset or 1). A run that asks for several ranks without the rest of them
+    (``WORLD_SIZE`` set by hand) is a clear error, not a wait for ranks that never come."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    try:
+        several = int(world) > 1
+    except ValueError:
+        raise SystemExit(
+            f"error: WORLD_SIZE must be an integer (set by torchrun), got {world!r}"
+        ) from None
+    if not several:
+        return None
+    missing = [k for k in _TORCHRUN_VARS if k != "LOCAL_WORLD_SIZE" and not os.environ.get(k)]
+    if missing:
+        raise SystemExit(
+            f"error: WORLD_SIZE={world} asks for a distributed run but {', '.join(missing)} "
+            "not set; launch with `torchrun --nproc_per_node=N -m interbasis ...` (or unset "
+            "WORLD_SIZE)"
+        )
+    env = {k: os.environ[k] for k in _TORCHRUN_VARS if k in os.environ}
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        if key in env and not env[key].isdigit():
+            raise SystemExit(f"error: {key} must be an integer (set by torchrun), got {env[key]!r}")
+    env.setdefault("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])
+    return env
+
+
+def _backend(local_rank: int, local_world: int, n_gpus: int) -> tuple[str, int | None]:
+    """The backend and CUDA device of one rank on a node with ``n_gpus`` GPUs.
+
+    NCCL needs a GPU of its own for every rank: with at least ``local_world`` GPUs, rank r
+    takes GPU r; with fewer, ranks share GPUs round-robin (GPU ``r mod n_gpus``) and talk over
+    gloo (the all-reduces go through the CPU); without GPUs, gloo on the CPU (device None).
+    """
+    if n_gpus < 1:
+        return "gloo", None
+    return ("nccl" if local_world <= n_gpus else "gloo"), local_rank % n_gpus
+
+
+def _init_distributed() -> bool:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1): join the process group so that the build
+    shards its data over the ranks (docs/distributed.md); returns whether it joined.
+
+    The backend and each rank's GPU come from :func:`_backend` (the build runs on the
+    current CUDA device when there is one, so each rank must select its own before NCCL
+    starts: without it every rank would build on GPU 0).
+    """
     import torch
     import torch.distributed as dist
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    env = _torchrun_env()
+    if env is None or dist.is_initialized():
+        return False
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    backend, gpu = _backend(int(env["LOCAL_RANK"]), int(env["LOCAL_WORLD_SIZE"]), n_gpus)
+    if gpu is not None:
+        torch.cuda.set_device(gpu)
+    dist.init_process_group(backend)
+    return True
+
+
+def _single_rank(command: str) -> bool:
+    """Whether this process should run ``command``, which does not split its work over
+    ranks: always, except under ``torchrun`` on a rank other than 0, which says so and does
+    nothing (so N ranks neither compute the same thing N times nor write it N times).
+    Without a complete torchrun environment the process runs the command as usual."""
+    try:
+        env = _torchrun_env()
+    except SystemExit:  # a stray WORLD_SIZE, not a torchrun launch: these commands ignore it
+        return True
+    if env is None:
+        return True
+    rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+    if rank == 0:
+        print(f"interbasis {command} under torchrun: only `interbasis graph` splits its work "
+              f"over ranks; rank 0 runs {command} alone, ranks 1-{world - 1} exit",
+              file=sys.stderr)  # fmt: skip
+    return rank == 0
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
@@ -287,14 +361,20 @@ def _cmd_graph(args: argparse.Namespace, sub: argparse.ArgumentParser, demo: boo
     _require(args, sub, "checkpoint", "layers", "out")
     out = _check_out(args.out)
     config = _resolved(args, ("checkpoint", "data", "out", "cache"))
-    _init_distributed()
-    summary = run_graph(
-        args.checkpoint, args.layers, args.data, out, basis=args.basis, edges=args.edges,
-        modules=not args.no_modules, batch_size=args.batch_size, progress=not args.quiet,
-        config=config, cache=args.cache,
-    )  # fmt: skip
-    if _rank() == 0:
-        _print_summary(summary, out)
+    joined = _init_distributed()
+    try:
+        summary = run_graph(
+            args.checkpoint, args.layers, args.data, out, basis=args.basis, edges=args.edges,
+            modules=not args.no_modules, batch_size=args.batch_size, progress=not args.quiet,
+            config=config, cache=args.cache,
+        )  # fmt: skip
+        if _rank() == 0:
+            _print_summary(summary, out)
+    finally:
+        if joined:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     return 0
 
 
@@ -457,6 +537,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["train"], ["atlas"], ["ablate"], ["view"]) and not _single_rank(argv[0]):
+        return 0
     if argv[:1] == ["train"]:
         return _delegate("train", argv[1:])
     from interbasis.performance import tune_allocator
