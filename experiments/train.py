@@ -375,8 +375,10 @@ def _train(
     x_train, y_train = (t.to(device) for t in task.split("train"))
     data = {"train": (x_train, y_train), "test": tuple(t.to(device) for t in task.split("test"))}
     run = RunDir(out_dir, asdict(cfg), callbacks)
+    restored = False
     if resume is not False and (list_checkpoints(out_dir) or not isinstance(resume, bool)):
         run.restore(latest_checkpoint(out_dir) if resume is True else Path(resume), model, opt)
+        restored = True
     else:
         run.start()
         torch.manual_seed(cfg.seed)  # global RNGs too, for callbacks that draw from them
@@ -399,7 +401,8 @@ def _train(
     for cb in run.callbacks:
         cb.on_train_begin(model, opt)
     model.train()
-    if run.step == 0:  # fresh run: evaluate (and optionally checkpoint) the initialisation
+    if not restored:  # fresh run: evaluate (and optionally checkpoint) the initialisation
+        # (a run restored from its step-0 checkpoint already logged that evaluation)
         if cfg.eval_every:
             eval_and_log({"step": 0})
         if 0 in ckpt_steps or cfg.checkpoint_every:

@@ -97,14 +97,17 @@ def test_the_run_comparison_can_fail(straight_run: Path, tmp_path: Path) -> None
 
 @pytest.mark.parametrize(
     ("trigger", "seed"),
-    [("metrics.jsonl", 0), ("checkpoints/step_0000200.pt", 1)],
-    ids=["early", "mid-run"],
-)
+    [("metrics.jsonl", 0), ("checkpoints/step_0000000.pt", None),
+     ("checkpoints/step_0000200.pt", 1)],
+    ids=["early", "after-step-0-checkpoint", "mid-run"],
+)  # fmt: skip
 def test_sigkilled_train_resumes_to_the_same_run(
-    straight_run: Path, tmp_path: Path, trigger: str, seed: int
+    straight_run: Path, tmp_path: Path, trigger: str, seed: int | None
 ) -> None:
+    """``seed=None``: no delay, so the resume starts from the step-0 checkpoint, whose
+    evaluation is already in the log (it was logged twice before that case was handled)."""
     out = tmp_path / "run"
-    delay = random.Random(seed).uniform(0.0, 0.15)
+    delay = 0.0 if seed is None else random.Random(seed).uniform(0.0, 0.15)
     cmd = [sys.executable, "-m", "interbasis", "train", *TRAIN_FLAGS, "--out", str(out)]
     kill_when(cmd, out / trigger, delay)
     assert not (out / "summary.json").exists()  # the kill landed mid-run
