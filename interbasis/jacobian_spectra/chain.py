@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from interbasis.errors import DataError, NodeLayerError, NotPiecewiseLinearError, ShapeError
+from interbasis.performance import SMALL_WORK, single_thread
 from interbasis.train_mode import TrainMode, analysed_model
 
 __all__ = [
@@ -403,21 +404,25 @@ def layer_jacobians(
     h = x.detach().to(device=device, dtype=dtype).reshape(-1, d0)
     if not torch.isfinite(h).all():
         raise DataError("x contains NaN or Inf")
-    factors, gates, kinks = [], [], []
-    for layer in layers:
-        w = layer.weight.to(dtype)
-        z = h @ w.T
-        if layer.bias is not None:
-            z = z + layer.bias.to(dtype)
-        gate = layer.gates(z)
-        is_gated = layer.mask is None and layer.slope is not None
-        kinks.append(int((z == 0).sum()) if is_gated else 0)
-        gates.append(gate)
-        factors.append(gate[:, :, None] * w)
-        h = gate * z
-    result = LayerJacobians([la.name for la in layers], factors, gates, kinks, h)
-    if check:
-        _check_forward(model, x, result)
+    # small factors run on one thread: a second OpenMP thread on a busy core only waits
+    # (benchmarks/bench_busy_core.py)
+    largest = max(int(la.weight.numel()) for la in layers) * h.shape[0]
+    with single_thread(h.device.type == "cpu" and largest < SMALL_WORK):
+        factors, gates, kinks = [], [], []
+        for layer in layers:
+            w = layer.weight.to(dtype)
+            z = h @ w.T
+            if layer.bias is not None:
+                z = z + layer.bias.to(dtype)
+            gate = layer.gates(z)
+            is_gated = layer.mask is None and layer.slope is not None
+            kinks.append(int((z == 0).sum()) if is_gated else 0)
+            gates.append(gate)
+            factors.append(gate[:, :, None] * w)
+            h = gate * z
+        result = LayerJacobians([la.name for la in layers], factors, gates, kinks, h)
+        if check:
+            _check_forward(model, x, result)
     return result
 
 
