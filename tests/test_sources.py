@@ -125,7 +125,17 @@ def _tiny_transformer() -> tuple[nn.Module, torch.Tensor]:
     return Transformer(cfg).double().eval(), tokens
 
 
+def _cnn() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+    )  # fmt: skip
+    return net.double().eval(), torch.randn(12, 2, 5, 5, dtype=torch.float64)
+
+
 CASES = {
+    "cnn": lambda: (*_cnn(), ["2", "4", "6", "output"], None),
     "mlp": lambda: (mlp([3, 7, 5, 4]), torch.randn(30, 3, dtype=torch.float64),
                     ["0", "2", "4", "output"], None),
     "positions": lambda: (*_mixer(), ["first", "second", "output"], None),
@@ -144,6 +154,16 @@ def test_forward_mode_equals_reverse_mode(case: str) -> None:
     _graphs_equal(jvp, vjp)
     auto = ib.build_graph(net, x, names, keep_positions=keep, progress=False)
     _graphs_equal(auto, vjp)
+
+
+def test_auto_mode_weighs_the_cost_of_a_forward_pass() -> None:
+    """auto takes JVPs only when they are JVP_PASS_COST times fewer than the VJPs (more in a
+    model with convolutions, whose batched forward mode is slow)."""
+    from interbasis.section import JVP_PASS_COST, JVP_PASS_COST_CONV, jvp_pass_cost
+
+    assert jvp_pass_cost(_cnn()[0]) == JVP_PASS_COST_CONV > JVP_PASS_COST
+    assert jvp_pass_cost(mlp([3, 7, 5, 4])) == JVP_PASS_COST
+    assert jvp_pass_cost(_tiny_transformer()[0]) == JVP_PASS_COST
 
 
 def test_forward_mode_with_sources_equals_reverse_mode() -> None:
@@ -189,18 +209,21 @@ class _Act(nn.Module):
         return self.fn.apply(x)
 
 
-def test_forward_mode_falls_back_only_when_unavailable() -> None:
+def test_forward_mode_falls_back_only_when_unavailable(caplog) -> None:
     """An op without a forward-mode rule (NotImplementedError) makes mode="auto" take VJPs and
     give the graph of the same network built from torch.tanh; mode="jvp" names the section
-    and says to use VJPs. Any other error inside forward mode is not swallowed."""
+    and says to use VJPs. Any other error inside forward mode is not swallowed. (The first
+    section, 2 inputs to 16 units, is one auto takes by JVPs.)"""
     torch.manual_seed(0)
-    ref = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2))
+    ref = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 2))
     ref = ref.double().eval()
-    x = torch.randn(40, 3, dtype=torch.float64)
+    x = torch.randn(40, 2, dtype=torch.float64)
     names = ["0", "2", "4", "output"]
     custom = nn.Sequential(ref[0], _Act(_Tanh), ref[2], _Act(_Tanh), ref[4]).eval()
     want = ib.build_graph(ref, x, names, progress=False)
-    _graphs_equal(ib.build_graph(custom, x, names, progress=False), want)
+    with caplog.at_level("INFO", logger="interbasis.section"):
+        _graphs_equal(ib.build_graph(custom, x, names, progress=False), want)
+    assert "forward mode failed on section '0' -> '2'" in caplog.text
     with pytest.raises(ib.DataError, match='mode="jvp" failed on section .*use mode="vjp"'):
         ib.build_graph(custom, x, names, mode="jvp", progress=False)
     broken = nn.Sequential(ref[0], _Act(_TanhBadJvp), ref[2], _Act(_Tanh), ref[4]).eval()
