@@ -124,6 +124,7 @@ class SquaredEdges:
         self.spread = SourceSpread()
         self._f_hat: torch.Tensor | None = None
         self._batch = -1
+        self._samples = slice(0)
         self._pinv = _nonconstant_pinv(basis_in)
 
     def __call__(self, batch: int, acts_in: torch.Tensor, chunk: JacobianChunk) -> None:
@@ -139,8 +140,9 @@ class SquaredEdges:
         if new_batch:
             self.spread.end_batch()
             self._batch = batch
-        # new samples (a new batch, or a new slice of it in forward mode): their coordinates
-        if new_batch or chunk.units.start == 0 or self._f_hat is None:
+        # new samples (a new batch, or a new slice of it): their coordinates
+        if new_batch or chunk.samples != self._samples or self._f_hat is None:
+            self._samples = chunk.samples
             self._f_hat = as_positions(self.basis_in.transform(acts_in)).to(chunk.grads.dtype)
             if chunk.in_mask is not None:  # padding positions are no samples
                 self._f_hat = self._f_hat * chunk.in_mask[..., None].to(self._f_hat)

@@ -281,6 +281,17 @@ def test_two_ranks_build_the_same_graph_as_one(which: str, split_over: str) -> N
 
 
 @needs_wiring
+def test_units_split_over_ranks_with_batches_split_by_the_budget() -> None:
+    """Ranks that split the output units, each VJP pass over slices of the batch (a memory
+    budget too small for one unit over the whole batch): the same graph as one process."""
+    torch.set_num_threads(1)
+    want = _graph("seq")
+    kw = {"split_over": "units", "memory_budget": 4096}
+    for got in spawn(graph_worker, 2, ("seq", kw), timeout=300):
+        _same_graph(got, want)
+
+
+@needs_wiring
 @pytest.mark.slow  # two spawned groups: ~25 s here
 def test_stochastic_sources_reproduce_themselves_at_a_fixed_world_size() -> None:
     kw = {"sources": Sources(positions=2, seed=5), "edge_sources": Sources(positions=2, seed=5)}

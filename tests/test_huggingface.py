@@ -121,3 +121,23 @@ def test_padding_positions_change_nothing(tokens) -> None:
     _same(g_pad, g_odd, rtol=1e-8)  # two padding positions on every sequence: no change
     assert mixed.metadata["n_samples"] == plain.metadata["n_samples"] == 24
     assert plain.layers[0].size > 0
+
+
+def test_a_missing_batching_rule_is_noted_once_per_process(tokens, monkeypatch) -> None:
+    """torch warns at every vmapped pass through SDPA's CPU backward (no batching rule); the
+    build says it once per op and process, with what to do, and lets other warnings through."""
+    from interbasis import section
+
+    monkeypatch.setattr(section, "_NOTED_OPS", set())
+    model = _gpt2("sdpa")
+    last = lambda o: o.logits[:, -1]  # noqa: E731
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            ib.build_graph(model, tokens, LAYERS, output=last, batch_size=8, progress=False)
+        warnings.warn("a warning of the caller's own", UserWarning, stacklevel=1)
+    texts = [str(w.message) for w in caught]
+    assert not [t for t in texts if "not yet implemented the batching rule" in t]
+    notes = [t for t in texts if "no vmap batching rule" in t]
+    assert len(notes) == 1 and 'attn_implementation="eager"' in notes[0]
+    assert "a warning of the caller's own" in texts

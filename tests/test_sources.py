@@ -297,3 +297,39 @@ def test_squared_edges_accumulator_refuses_hidden_sources() -> None:
             run.section("first", "second"), run.batches, node_map(bases[1]),
             consumers=[acc], detect_affine=False, sources=ib.Sources(hidden=1),
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_batch_split_to_fit_the_memory_budget_gives_the_same_graph(case: str) -> None:
+    """When one output unit over the whole batch exceeds memory_budget, the VJPs run over
+    slices of the batch: memory stays bounded for any batch size or sequence length, and
+    the graph (M, bases and squared edges; exact and with position sources) is unchanged."""
+    net, x, names, keep = CASES[case]()
+    kw = {"keep_positions": keep, "mode": "vjp", "progress": False}
+    whole = ib.build_graph(net, x, names, **kw)
+    split = ib.build_graph(net, x, names, memory_budget=2048, **kw)
+    _graphs_equal(split, whole)
+    src = ib.Sources(positions=1, seed=3)
+    whole = ib.build_graph(net, x, names, sources=src, edge_sources=src, **kw)
+    split = ib.build_graph(net, x, names, sources=src, edge_sources=src, memory_budget=2048, **kw)
+    _graphs_equal(split, whole)
+
+
+def test_vjp_chunks_stay_within_the_memory_budget() -> None:
+    """Every chunk's gradients fit the budget once one unit of one sample does; the samples
+    of the batch are each covered once."""
+    from interbasis.section import Section, samples_per_chunk
+
+    net, x = _mixer()
+    section = Section(net, ("first", net.first), ("second", net.second))
+    value, layout = section.capture_input(x)
+    out_map = torch.eye(4, dtype=torch.float64)
+    budget = 4096
+    chunks = list(section.jacobians(x, value, layout, out_map, mode="vjp", memory_budget=budget))
+    per_sample = samples_per_chunk(len(x), value[0].numel(), 6 * 4, budget)
+    assert 1 < per_sample < len(x)  # the budget does split this batch
+    covered = torch.zeros(len(x), dtype=torch.long)
+    for chunk in chunks:
+        assert chunk.grads.numel() * 8 <= budget
+        covered[chunk.samples] += chunk.units.stop - chunk.units.start
+    assert bool((covered == chunks[0].out_units.n_units).all())
