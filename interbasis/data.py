@@ -108,6 +108,10 @@ def _to(x: Any, device: torch.device, dtype: torch.dtype, i: int) -> Any:
         raise DataError(f"batch {i} lies on the meta device and holds no values")
     if x.is_floating_point():
         x = x.to(dtype)
+    if device.type == "cuda" and x.device.type == "cpu":
+        # page-locked host memory lets the copy run asynchronously; later work on the
+        # device's stream is ordered after it, and torch keeps the pinned block alive
+        return x.pin_memory().to(device, non_blocking=True)
     return x.to(device)
 
 
