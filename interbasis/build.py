@@ -34,7 +34,8 @@ from interbasis.jacobians import (
     SectionGram,
     section_jacobian_gram,
 )
-from interbasis.section import MODES, Mode, Section, position_mask
+from interbasis.passes import MODES, Mode
+from interbasis.section import Section, position_mask
 from interbasis.sources import Sources, check_keep, check_sources
 from interbasis.stage_cache import (
     CacheDir,

@@ -46,7 +46,8 @@ from interbasis.jacobians import (
     is_affine_on,
     unit_spread,
 )
-from interbasis.section import JacobianChunk, Mode, Section, position_mask
+from interbasis.passes import Mode
+from interbasis.section import JacobianChunk, Section, position_mask
 from interbasis.sources import STREAM_EDGES, Sources, SourceSpread
 
 EdgeKind = Literal["squared", "functional", "weight"]

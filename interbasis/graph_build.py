@@ -43,7 +43,8 @@ from interbasis.edges import (
 )
 from interbasis.errors import DataError, ShapeError
 from interbasis.jacobians import DEFAULT_MEMORY_BUDGET, affine_jacobian, is_affine_on
-from interbasis.section import JacobianChunk, Mode
+from interbasis.passes import Mode
+from interbasis.section import JacobianChunk
 from interbasis.sources import Sources, check_sources
 from interbasis.stage_cache import CacheDir, basis_stage, stage
 

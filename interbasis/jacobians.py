@@ -28,15 +28,13 @@ from interbasis.capture import InputLayout, as_positions
 from interbasis.distributed import Shard
 from interbasis.errors import DataError
 from interbasis.grams import JacobianGramAccumulator, check_finite
-from interbasis.section import (
+from interbasis.passes import (
     DEFAULT_MEMORY_BUDGET,
-    JacobianChunk,
     Mode,
-    Section,
     forward_mode_unavailable,
-    position_mask,
     units_per_chunk,
 )
+from interbasis.section import JacobianChunk, Section, position_mask
 from interbasis.sources import STREAM_M, OutputUnits, Sources, SourceSpread
 from interbasis.stage_cache import (
     NO_PARTIAL_SUMS,

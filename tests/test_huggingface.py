@@ -126,9 +126,9 @@ def test_padding_positions_change_nothing(tokens) -> None:
 def test_a_missing_batching_rule_is_noted_once_per_process(tokens, monkeypatch) -> None:
     """torch warns at every vmapped pass through SDPA's CPU backward (no batching rule); the
     build says it once per op and process, with what to do, and lets other warnings through."""
-    from interbasis import section
+    from interbasis import passes
 
-    monkeypatch.setattr(section, "_NOTED_OPS", set())
+    monkeypatch.setattr(passes, "_NOTED_OPS", set())
     model = _gpt2("sdpa")
     last = lambda o: o.logits[:, -1]  # noqa: E731
     with warnings.catch_warnings(record=True) as caught:

@@ -159,7 +159,7 @@ def test_forward_mode_equals_reverse_mode(case: str) -> None:
 def test_auto_mode_weighs_the_cost_of_a_forward_pass() -> None:
     """auto takes JVPs only when they are JVP_PASS_COST times fewer than the VJPs (more in a
     model with convolutions, whose batched forward mode is slow)."""
-    from interbasis.section import JVP_PASS_COST, JVP_PASS_COST_CONV, jvp_pass_cost
+    from interbasis.passes import JVP_PASS_COST, JVP_PASS_COST_CONV, jvp_pass_cost
 
     assert jvp_pass_cost(_cnn()[0]) == JVP_PASS_COST_CONV > JVP_PASS_COST
     assert jvp_pass_cost(mlp([3, 7, 5, 4])) == JVP_PASS_COST
@@ -318,7 +318,8 @@ def test_a_batch_split_to_fit_the_memory_budget_gives_the_same_graph(case: str) 
 def test_vjp_chunks_stay_within_the_memory_budget() -> None:
     """Every chunk's gradients fit the budget once one unit of one sample does; the samples
     of the batch are each covered once."""
-    from interbasis.section import Section, samples_per_chunk
+    from interbasis.passes import samples_per_chunk
+    from interbasis.section import Section
 
     net, x = _mixer()
     section = Section(net, ("first", net.first), ("second", net.second))
