@@ -143,14 +143,13 @@ def is_affine_on(
                  str(err).splitlines()[0])  # fmt: skip
         return False
     units = section.output_units(out_map, jv.shape[1])
-    got = torch.einsum("bto,pt,oq->bpq", jv, units.pos.to(jv), units.dirs.to(jv))
-    got = got.reshape(value.shape[0], -1)
+    got = units.project(jv[None])[0]  # (b, units)
     v_kept = section.input_positions(v.reshape(value.shape))
     want = torch.einsum("usd,bsd->bu", jacobian, v_kept)
     out_mask = position_mask(x, jv.shape[1])
     if out_mask is not None:  # padding outputs are no units (unit a * k + i reads pos[a])
-        real_pos = (out_mask.to(got) @ units.pos.to(got).abs().T) > 0  # (b, n_pos)
-        real = real_pos.repeat_interleave(units.dirs.shape[1], dim=1).to(got)
+        real_pos = (out_mask.to(got) @ units.pos[0].to(got).abs().T) > 0  # (b, n_pos)
+        real = real_pos.repeat_interleave(units.n_dir, dim=1).to(got)
         got, want = got * real, want * real
     scale = want.abs().amax(0).clamp_min(torch.finfo(want.dtype).tiny)  # per output unit
     rtol = max(AFFINE_RTOL, 1000 * torch.finfo(value.dtype).eps)

@@ -204,11 +204,13 @@ class Section:
         sources: Sources | None = None,
         batch: int = 0,
         stream: int = STREAM_M,
+        n_samples: int = 1,
     ) -> OutputUnits:
-        """Output units for one batch (exact or stochastic, :func:`sources.output_units`)."""
+        """Output units for one batch of ``n_samples`` (exact or stochastic,
+        :func:`sources.output_units`)."""
         return output_units(
             out_map, p_out, sources, batch=batch, rank=self.rank, stream=stream,
-            keep=self.kept_out(p_out),
+            keep=self.kept_out(p_out), n_samples=n_samples,
         )  # fmt: skip
 
     def jacobians(
@@ -247,7 +249,7 @@ class Section:
             raise DataError(
                 f"out_map has {out_map.shape[0]} rows but {self.read[0]!r} has width {p_out[1]}"
             )
-        units = self.output_units(out_map, p_out[0], sources, batch, stream)
+        units = self.output_units(out_map, p_out[0], sources, batch, stream, value.shape[0])
         v = as_positions(value)
         kept = self.kept_in(v.shape[1])
         in_mask, out_mask = position_mask(x, v.shape[1]), position_mask(x, p_out[0])
@@ -321,7 +323,7 @@ class Section:
             m_in = in_mask[sl] if in_mask is not None else None
             for start in range(span.start, span.stop, chunk):
                 idx = torch.arange(start, min(start + chunk, span.stop), device=out.device)
-                cot = units.cotangents(idx, out)
+                cot = units.cotangents(idx, out, sl)
                 if out_mask is not None:  # padding outputs are no units
                     cot = cot * out_mask[sl][None, :, :, None].to(cot)
                 (grads,) = batched_vjp(cot)
@@ -350,8 +352,6 @@ class Section:
         n_in, n_units = len(positions) * d, units.n_units
         # the full Jacobian of a sub-batch is kept: (n_units, b_sub, P_kept, d) float64
         b_sub = int(max(1, min(b, memory_budget // max(8 * n_units * n_in, 1))))
-        pos = units.pos.to(value)
-        dirs = units.dirs.to(value)
         for lo in range(0, b, b_sub):
             sl = slice(lo, min(lo + b_sub, b))
             xs = _slice_inputs(x, sl)
@@ -376,8 +376,7 @@ class Section:
                 jv = batched_jvp(tangents)  # (c, nb, P_out, d_out)
                 if out_mask is not None:
                     jv = jv * out_mask[sl][None, :, :, None].to(jv)
-                y = torch.einsum("cbto,pt,oq->cbpq", jv, pos, dirs)
-                cols[start : start + len(idx)] = y.reshape(len(idx), nb, n_units)
+                cols[start : start + len(idx)] = units.project(jv, sl)
                 start += len(idx)
                 if numel_out == 0:  # size the chunks once the output size is known
                     numel_out = jv[0, 0].numel()

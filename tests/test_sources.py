@@ -73,6 +73,22 @@ def test_stochastic_edges_are_unbiased_and_spread_falls_as_one_over_sqrt_S() -> 
     assert 1.6 < rms[1] / rms[4] < 2.5
 
 
+def test_every_sample_draws_its_own_sources_so_the_error_falls_with_N() -> None:
+    """With signs drawn per sample (as rib), the cross terms of different samples average
+    out: 4x the samples in one batch halve the error. One draw shared by the whole batch
+    (the code before) left it flat (ratio about 1)."""
+    net = PositionMixer(P=6, d=5, d2=4, d_out=6).eval()
+    out_map = torch.randn(4, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    rms = {}
+    for n in (24, 96):
+        x = torch.randn(n, 6, 5, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+        exact = _M(net, x, out_map).M
+        err = [(_M(net, x, out_map, ib.Sources(positions=1, seed=s)).M - exact).pow(2).mean()
+               for s in range(100)]  # fmt: skip
+        rms[n] = float(torch.stack(err).mean().sqrt() / exact.pow(2).mean().sqrt())
+    assert 1.5 < rms[24] / rms[96] < 2.7, rms
+
+
 def test_relative_standard_error_report_matches_the_spread_over_seeds() -> None:
     """The RSE saved with the graph (from the S samples of one run) is the spread over runs."""
     net, x = _mixer()
