@@ -233,7 +233,7 @@ def output_units(
         assert g is not None and S_hid is not None
         hidden = rademacher(n_samples * S_hid, k, g).to(torch.int8).reshape(n_samples, S_hid, k)
     omap = out_map.to(dtype)
-    n_pos, n_dir = pos.shape[1], (k if hidden is None else S_hid)
+    n_pos, n_dir = pos.shape[1], (k if hidden is None else hidden.shape[1])
     units = torch.arange(n_pos * n_dir)
     if stochastic_pos:
         sample, n = units // n_dir, n_pos
