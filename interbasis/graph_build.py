@@ -42,9 +42,9 @@ from interbasis.edges import (
     weight_edges,
 )
 from interbasis.errors import DataError, ShapeError
+from interbasis.jacobian_store import JacobianStore
 from interbasis.jacobians import DEFAULT_MEMORY_BUDGET, affine_jacobian, is_affine_on
 from interbasis.passes import Mode
-from interbasis.section import JacobianChunk
 from interbasis.sources import Sources, check_sources
 from interbasis.stage_cache import CacheDir, basis_stage, stage
 
@@ -137,30 +137,61 @@ def node_layer(basis: Basis, covariance: torch.Tensor) -> NodeLayer:
 DEFAULT_JACOBIAN_CACHE = 2**30
 
 
-class _JacobianCache:
-    """Keeps the Jacobian chunks of one section while they fit in ``limit`` bytes."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.size, self.overflow = limit, 0, False
-        self.items: list[tuple[int, torch.Tensor, JacobianChunk]] = []
-
-    def __call__(self, batch: int, acts_in: torch.Tensor, chunk: JacobianChunk) -> None:
-        if self.overflow:
-            return
-        g = chunk.grads
-        self.size += g.numel() * g.element_size() + acts_in.numel() * acts_in.element_size()
-        if self.size > self.limit:
-            self.items, self.overflow = [], True
-        else:
-            self.items.append((batch, acts_in, chunk))
-
-
 def _exact(edges: Any, *args: Any, **kwargs: Any) -> tuple[np.ndarray, float]:
     return edges(*args, **kwargs), 0.0
 
 
 def _value_and_error(acc: SquaredEdges, name: str) -> tuple[np.ndarray, float | None]:
     return acc.value(name), acc.relative_standard_error
+
+
+def _local_section(
+    run: Run,
+    i: int,
+    bases: dict[str, Basis],
+    matrices: dict[int, np.ndarray],
+    edge_errors: dict[str, float | None],
+    cache: JacobianStore,
+    reuse: bool,
+    options: dict[str, Any],
+    *,
+    center: bool,
+    fold_bias: bool,
+    truncation: Truncation,
+) -> None:
+    """Node layer ``i``'s M and local basis (output side already in ``bases``), and its
+    section's squared edges from the kept Jacobians where ``cache`` holds them all."""
+    name, nxt = run.names[i], run.names[i + 1]
+    g = run.grams[name]
+    section = run.section(name, nxt)
+    result, fresh = section_gram(
+        run, name, nxt, node_map(bases[nxt]), consumers=[cache] if reuse else []
+    )
+    # every rank must take the same branch below (the edges' all-reduce)
+    cache.overflow = run.shard.any(cache.overflow or not fresh)
+    run.estimator_error[name] = result.relative_standard_error
+    gram = g.covariance if center else g.second_moment
+    bases[name] = basis_stage(
+        run.cache, basis_parts(run, name, result.M, center=center, fold_bias=fold_bias,
+                               truncation=truncation),
+        partial(interaction_basis, name, g.mean, gram, result.M, center=center,
+                fold_bias=fold_bias, truncation=truncation),
+        run.device,
+    )  # fmt: skip
+    if result.affine is not None:  # one Jacobian serves every sample
+        matrices[i], edge_errors[name] = edges_stage(
+            run, bases[name], bases[nxt], options,
+            partial(_exact, weight_edges, section, run.batches(f"edges {name}"),
+                    bases[name], bases[nxt], jacobian=result.affine),
+        )  # fmt: skip
+    elif reuse and not cache.overflow:
+        acc = SquaredEdges(bases[name], bases[nxt])
+        for batch, acts_in, chunk in cache.replay(run.device):
+            acc.add(batch, acts_in, chunk)
+        run.shard.reduce_squared_edges(acc)
+        matrices[i], edge_errors[name] = edges_stage(
+            run, bases[name], bases[nxt], options, partial(_value_and_error, acc, name)
+        )
 
 
 def _local_bases_and_squared_edges(
@@ -186,38 +217,12 @@ def _local_bases_and_squared_edges(
     reuse = edge_sources == run.sources and (run.sources is None or run.sources.hidden is None)
     options = edge_options(run, "squared", 16, edge_sources)
     for i in range(len(names) - 2, -1, -1):
-        name, nxt = names[i], names[i + 1]
-        g = run.grams[name]
-        cache = _JacobianCache(cache_limit if reuse else 0)
-        section = run.section(name, nxt)
-        result, fresh = section_gram(
-            run, name, nxt, node_map(bases[nxt]), consumers=[cache] if reuse else []
-        )
-        # every rank must take the same branch below (the edges' all-reduce)
-        cache.overflow = run.shard.any(cache.overflow or not fresh)
-        run.estimator_error[name] = result.relative_standard_error
-        gram = g.covariance if center else g.second_moment
-        bases[name] = basis_stage(
-            run.cache, basis_parts(run, name, result.M, center=center, fold_bias=fold_bias,
-                                   truncation=truncation),
-            partial(interaction_basis, name, g.mean, gram, result.M, center=center,
-                    fold_bias=fold_bias, truncation=truncation),
-            run.device,
-        )  # fmt: skip
-        if result.affine is not None:  # one Jacobian serves every sample
-            matrices[i], edge_errors[name] = edges_stage(
-                run, bases[name], bases[nxt], options,
-                partial(_exact, weight_edges, section, run.batches(f"edges {name}"),
-                        bases[name], bases[nxt], jacobian=result.affine),
-            )  # fmt: skip
-        elif reuse and not cache.overflow:
-            acc = SquaredEdges(bases[name], bases[nxt])
-            for batch, acts_in, chunk in cache.items:
-                acc.add(batch, acts_in, chunk)
-            run.shard.reduce_squared_edges(acc)
-            matrices[i], edge_errors[name] = edges_stage(
-                run, bases[name], bases[nxt], options, partial(_value_and_error, acc, name)
-            )
+        cache = JacobianStore(cache_limit if reuse else 0)
+        try:
+            _local_section(run, i, bases, matrices, edge_errors, cache, reuse, options,
+                           center=center, fold_bias=fold_bias, truncation=truncation)  # fmt: skip
+        finally:
+            cache.close()  # and the spill file
     return [bases[n] for n in names]
 
 
@@ -272,10 +277,12 @@ def build_graph(
     bases : precomputed bases for these node layers (e.g. from :func:`build_bases` or
         :func:`interbasis.load_bases`); then no basis is recomputed and ``basis`` and the
         basis options only describe them in the metadata.
-    jacobian_cache : bytes of section Jacobians kept between computing a layer's M and its
-        squared edges (local interaction basis), which then need no second pass over the
-        data; when a section's Jacobians exceed it they are recomputed instead, so memory
-        stays bounded whatever the dataset size. ``0`` always recomputes.
+    jacobian_cache : bytes of section Jacobians kept in memory between computing a layer's M
+        and its squared edges (local interaction basis), which then need no second pass over
+        the data. Beyond it they spill to a temporary file (``TMPDIR``; at most half the free
+        disk space) and are read back chunk by chunk, so memory stays bounded and time linear
+        whatever the dataset size (:mod:`interbasis.jacobian_store`); only past that are they
+        recomputed. ``0`` keeps nothing and always recomputes.
     sources, edge_sources : :class:`interbasis.Sources` for unbiased stochastic estimates of
         M and of the squared edges (``edge_sources``: output positions only); ``None`` =
         exact. The relative standard error of each estimate (of ``tr M`` and of the total
