@@ -5,6 +5,10 @@ a function of the flat vector), :mod:`.hessian`, :mod:`.ggn` (dense matrices and
 ``LinearOperator``\\ s), :mod:`.spectra` (eigh, Lanczos, per-block spectra), :mod:`.trace`
 (Hutchinson), :mod:`.kfac` (seed 004 eq. 37), :mod:`.eigenfunctions` (seed 000) and
 :mod:`.tracker` (training callback). See ``docs/curvature.md``.
+
+Every sum over data (products, dense matrices, K-FAC factors) takes ``process_group=``
+(default: the initialised default group, if any): each rank sums over its shard of the
+batches and the sums are all-reduced in float64 (``docs/distributed.md``).
 """
 
 from interbasis.curvature.eigenfunctions import (

@@ -11,6 +11,7 @@ from the residual term.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch.func import grad, jvp, vjp, vmap
@@ -27,7 +28,9 @@ class GGNOperator(CurvatureOperator):
     (``H_f J v``) and a VJP back (``J^T ...``); all vmapped over a block of columns.
     Parameters as in :class:`~interbasis.curvature.hessian.HessianOperator`, including
     ``train_mode`` (a model in train mode: eval-mode copy with a warning by default,
-    ``"error"`` refuses it, ``"keep"`` uses it; the caller's model is never changed).
+    ``"error"`` refuses it, ``"keep"`` uses it; the caller's model is never changed) and
+    ``process_group`` (default: the initialised default group, if any; each rank takes its
+    shard of the batches and the ``(P, m)`` products are all-reduced in float64).
     """
 
     kind = "GGN"
@@ -41,8 +44,12 @@ class GGNOperator(CurvatureOperator):
         dtype: torch.dtype = torch.float64,
         chunk_size: int = 64,
         train_mode: TrainMode = "eval",
+        process_group: Any = None,
     ) -> None:
-        obj = Objective(model, loss_fn, data, params=params, dtype=dtype, train_mode=train_mode)
+        obj = Objective(
+            model, loss_fn, data, params=params, dtype=dtype, train_mode=train_mode,
+            process_group=process_group,
+        )  # fmt: skip
         super().__init__(obj, chunk_size)
 
     def _batch_matmat(self, x: torch.Tensor, y: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
@@ -72,10 +79,14 @@ def ggn_matrix(
     params: Sequence[str] | None = None,
     dtype: torch.dtype = torch.float64,
     train_mode: TrainMode = "eval",
+    process_group: Any = None,
 ) -> torch.Tensor:
     """Dense ``(P, P)`` float64 GGN (``P`` products of :class:`GGNOperator` with the identity).
 
-    Parameters (``train_mode`` included) as in :class:`GGNOperator`.
+    Parameters (``train_mode`` and ``process_group`` included) as in :class:`GGNOperator`.
     """
-    op = GGNOperator(model, loss_fn, data, params=params, dtype=dtype, train_mode=train_mode)
+    op = GGNOperator(
+        model, loss_fn, data, params=params, dtype=dtype, train_mode=train_mode,
+        process_group=process_group,
+    )  # fmt: skip
     return op.to_dense()

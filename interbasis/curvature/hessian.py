@@ -15,6 +15,7 @@ not import beside our CPU torch.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch.func import grad, vjp, vmap
@@ -32,6 +33,7 @@ def hessian_matrix(
     params: Sequence[str] | None = None,
     dtype: torch.dtype = torch.float64,
     train_mode: TrainMode = "eval",
+    process_group: Any = None,
 ) -> torch.Tensor:
     """Exact Hessian of the loss w.r.t. the flat trainable parameters.
 
@@ -43,6 +45,10 @@ def hessian_matrix(
         A model in train mode: analyse an eval-mode copy (default, with a warning), refuse it
         (:class:`~interbasis.errors.DataError`) or use it as it is; the caller's model and
         buffers are never changed (:mod:`interbasis.train_mode`).
+    process_group : torch.distributed group, optional
+        Default: the initialised default group, if any. Every rank passes the whole data,
+        sums ``w_b H_b`` over its shard of the batches, and one float64 all-reduce of the
+        ``(P, P)`` partial sums gives every rank the same matrix.
 
     Returns
     -------
@@ -50,12 +56,16 @@ def hessian_matrix(
         ``(P, P)`` float64, ordered as :class:`~interbasis.curvature.params.ParamLayout`.
         Memory is ``O(P^2)``: meant for small models (``P`` up to a few thousand).
     """
-    obj = Objective(model, loss_fn, data, params=params, dtype=dtype, train_mode=train_mode)
+    obj = Objective(
+        model, loss_fn, data, params=params, dtype=dtype, train_mode=train_mode,
+        process_group=process_group,
+    )  # fmt: skip
     H = torch.zeros(obj.layout.size, obj.layout.size, dtype=torch.float64)
-    for w, (x, y) in zip(obj.weights, obj.batches, strict=True):
-        H += w * torch.func.hessian(lambda t, x=x, y=y: obj.batch_loss(t, x, y))(obj.theta).to(
-            torch.float64
-        )
+    with obj.shard.stage("Hessian"):  # a rank that raises stops every rank
+        for w, (x, y) in zip(obj.weights, obj.batches, strict=True):
+            hess = torch.func.hessian(lambda t, x=x, y=y: obj.batch_loss(t, x, y))(obj.theta)
+            H += w * hess.to(torch.float64)
+    H = obj.shard.sum(H)
     if not bool(torch.isfinite(H).all()):
         raise NonFiniteError(
             f"the Hessian has {int((~torch.isfinite(H)).sum())} NaN/Inf entries: check the "
@@ -77,6 +87,10 @@ class HessianOperator(CurvatureOperator):
         As in :func:`hessian_matrix` (train-mode policy of :mod:`interbasis.train_mode`).
     chunk_size : int
         Columns per vmapped call (bounds memory at ``chunk_size`` times one HVP).
+    process_group : torch.distributed group, optional
+        Default: the initialised default group, if any; each rank takes its shard of the
+        batches and the products are all-reduced in float64
+        (:class:`~interbasis.curvature.operator.CurvatureOperator`).
     """
 
     kind = "Hessian"
@@ -90,8 +104,12 @@ class HessianOperator(CurvatureOperator):
         dtype: torch.dtype = torch.float64,
         chunk_size: int = 64,
         train_mode: TrainMode = "eval",
+        process_group: Any = None,
     ) -> None:
-        obj = Objective(model, loss_fn, data, params=params, dtype=dtype, train_mode=train_mode)
+        obj = Objective(
+            model, loss_fn, data, params=params, dtype=dtype, train_mode=train_mode,
+            process_group=process_group,
+        )  # fmt: skip
         super().__init__(obj, chunk_size)
 
     def _batch_matmat(self, x: torch.Tensor, y: torch.Tensor, V: torch.Tensor) -> torch.Tensor:

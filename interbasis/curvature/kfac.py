@@ -151,6 +151,7 @@ def kfac_factors(
     params: Sequence[str] | None = None,
     dtype: torch.dtype = torch.float64,
     train_mode: TrainMode = "eval",
+    process_group: Any = None,
 ) -> dict[str, KroneckerFactors]:
     """Kronecker factors ``G`` (seed 004 eq. 14) and ``K`` (eq. 15) of each ``nn.Linear``.
 
@@ -165,26 +166,37 @@ def kfac_factors(
         A model in train mode: factors of an eval-mode copy (default, with a warning), refused
         (:class:`~interbasis.errors.DataError`) or the model as it is; the hooks go on the
         analysed model, so the caller's model and buffers are never changed.
+    process_group : torch.distributed group, optional
+        Default: the initialised default group, if any. Each rank sums ``w_b G_b`` and
+        ``w_b K_b`` over its shard of the batches; the factors are all-reduced in float64
+        (a rank with an empty shard adds zeros), so every rank returns the same factors.
     """
-    obj = Objective(model, loss_fn, data, params=params, dtype=dtype, train_mode=train_mode)
+    obj = Objective(
+        model, loss_fn, data, params=params, dtype=dtype, train_mode=train_mode,
+        process_group=process_group,
+    )  # fmt: skip
     model = obj.model  # the analysed model (an eval-mode copy of a train-mode one): its hooks
     names = _linear_layers(model, obj.layout, layers)
     modules = dict(model.named_modules())
     bias = {n: _pname(n, "bias") in obj.layout.names for n in names}
     G: dict[str, torch.Tensor] = {}
     K: dict[str, torch.Tensor] = {}
-    for w, (x, y) in zip(obj.weights, obj.batches, strict=True):
-        acts, Jp, Lam = _batch_quantities(obj, modules, names, x, y)
-        for n in names:
-            a = acts[n]
-            if bias[n]:
-                a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype)], dim=1)
-            a = a.to(torch.float64)
-            g = a.T @ a / a.shape[0]
-            # contiguous: with opt_einsum installed, einsum may return a transposed view
-            k = torch.einsum("kxi,kxl,lxj->ij", Jp[n], Lam, Jp[n]).to(torch.float64).contiguous()
-            G[n] = G[n] + w * g if n in G else w * g
-            K[n] = K[n] + w * k if n in K else w * k
+    with obj.shard.stage("K-FAC factors"):  # a rank that raises stops every rank
+        for w, (x, y) in zip(obj.weights, obj.batches, strict=True):
+            acts, Jp, Lam = _batch_quantities(obj, modules, names, x, y)
+            for n in names:
+                a = acts[n]
+                if bias[n]:
+                    a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype)], dim=1)
+                a = a.to(torch.float64)
+                g = a.T @ a / a.shape[0]
+                # contiguous: with opt_einsum installed, einsum may return a transposed view
+                k = torch.einsum("kxi,kxl,lxj->ij", Jp[n], Lam, Jp[n]).to(torch.float64)
+                G[n] = G[n] + w * g if n in G else w * g
+                K[n] = K[n] + w * k.contiguous() if n in K else w * k.contiguous()
+    if obj.shard.active:  # sum over ranks; an empty shard knows no shape and adds zeros
+        G = {n: obj.shard.sum_optional(G.get(n), 2) for n in names}
+        K = {n: obj.shard.sum_optional(K.get(n), 2) for n in names}
     return {n: KroneckerFactors(n, G[n], K[n], bias[n]) for n in names}
 
 
@@ -286,6 +298,7 @@ def kfac_check(
     k: int = 5,
     dtype: torch.dtype = torch.float64,
     train_mode: TrainMode = "eval",
+    process_group: Any = None,
 ) -> dict[str, KFACReport]:
     """Compare ``K ⊗ G`` with the exact per-layer block of the GGN or the Hessian.
 
@@ -300,15 +313,21 @@ def kfac_check(
     train_mode : {"eval", "error", "keep"}
         As in :func:`kfac_factors`; one eval-mode copy (one warning) serves both the factors
         and the exact blocks.
+    process_group : torch.distributed group, optional
+        As in :func:`kfac_factors`: factors and exact blocks are sums over every rank's
+        batches; every rank returns the same reports.
     """
     if reference not in ("ggn", "hessian"):
         raise DataError(f"reference must be 'ggn' or 'hessian', got {reference!r}")
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise DataError(f"k must be an integer >= 1 (size of the top eigenspaces), got {k!r}")
     model = analysed_model(model, train_mode, "K-FAC check")
-    factors = kfac_factors(model, loss_fn, data, layers=layers, dtype=dtype, train_mode="keep")
+    factors = kfac_factors(
+        model, loss_fn, data, layers=layers, dtype=dtype, train_mode="keep",
+        process_group=process_group,
+    )  # fmt: skip
     op_cls = GGNOperator if reference == "ggn" else HessianOperator
-    op = op_cls(model, loss_fn, data, dtype=dtype, train_mode="keep")
+    op = op_cls(model, loss_fn, data, dtype=dtype, train_mode="keep", process_group=process_group)
     reports = {}
     for name, fac in factors.items():
         idx = block_indices(op.layout, name)

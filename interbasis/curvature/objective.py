@@ -15,6 +15,11 @@ Train mode (:mod:`interbasis.train_mode`, one policy for every entry point): a m
 mode is analysed as an eval-mode copy with a warning (``train_mode="eval"``, default), refused
 (``"error"``) or used as it is (``"keep"``, for deterministic train-mode models; batch norm that
 updates running statistics is refused, since :mod:`torch.func` cannot differentiate it).
+
+Distributed (``process_group``, docs/distributed.md): every rank passes the whole data and
+keeps the batches ``b`` with ``b % R == r`` (:attr:`Objective.batches`); the weights
+``n_b / N`` use the total ``N`` over all batches, so the sum over ranks of each rank's partial
+sum is the full one. The operators all-reduce their products (float64).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch
 from torch.func import functional_call
 
 from interbasis.curvature.params import ParamLayout
+from interbasis.distributed_ops import check_same_data, data_shard
 from interbasis.errors import DataError, ShapeError
 from interbasis.train_mode import TrainMode, analysed_model
 
@@ -115,6 +121,22 @@ class Objective:
         A model in train mode is analysed as an eval-mode copy (default, with a warning),
         refused with :class:`~interbasis.errors.DataError`, or kept as it is
         (:mod:`interbasis.train_mode`). The caller's model and buffers are never changed.
+    process_group : torch.distributed group, optional
+        Default: the initialised default group, if any (as the builds). Each rank passes the
+        whole ``data`` and keeps its shard of the batches; a
+        :class:`~interbasis.distributed.Shard` is used as it is (``Shard()``: this process
+        alone, inside a group too).
+
+    Attributes
+    ----------
+    batches : list of (inputs, targets)
+        This rank's batches (all of them in a single process), cast to ``dtype``.
+    weights : list of float
+        ``n_b / N`` of each of :attr:`batches`, ``N`` = :attr:`n_samples`.
+    n_samples : int
+        ``N``, the samples of *all* batches (every rank's).
+    shard : Shard
+        This process's part of the group (``Shard()`` without one).
     """
 
     def __init__(
@@ -126,23 +148,38 @@ class Objective:
         dtype: torch.dtype = torch.float64,
         layout: ParamLayout | None = None,
         train_mode: TrainMode = "eval",
+        process_group: Any = None,
     ) -> None:
-        model = analysed_model(model, train_mode, "curvature")
+        model = analysed_model(model, train_mode, "curvature")  # the same on every rank
         refuse_running_stats(model, train_mode, "curvature")
+        self.shard = data_shard(process_group, "curvature")
+        with self.shard.stage("curvature objective"):  # a rank that raises stops every rank
+            self._setup(model, loss_fn, data, params, dtype, layout)
+        check_same_data(self.shard, [len(self.all_batches), self.n_samples], "curvature data")
+
+    def _setup(
+        self,
+        model: torch.nn.Module,
+        loss_fn: LossFn,
+        data: Batch | Iterable[Batch],
+        params: Sequence[str] | None,
+        dtype: torch.dtype,
+        layout: ParamLayout | None,
+    ) -> None:
         self.model = model
         self.loss_fn = loss_fn
         self.dtype = dtype
         self.layout = layout if layout is not None else ParamLayout.from_model(model, params)
-        self.batches = as_batches(data, dtype)
-        sizes = [x.shape[0] for x, _ in self.batches]
-        self.weights = [n / sum(sizes) for n in sizes]
-        self.n_samples = sum(sizes)
+        self.all_batches = as_batches(data, dtype)
+        self.n_samples = sum(x.shape[0] for x, _ in self.all_batches)
+        self.batches = list(self.shard.batches(self.all_batches))
+        self.weights = [x.shape[0] / self.n_samples for x, _ in self.batches]
         self.theta = self.layout.gather(model, dtype)
         chosen = set(self.layout.names)
         self._fixed = {n: _cast(p, dtype) for n, p in model.named_parameters() if n not in chosen}
         # copies: a forward pass must never write into the caller's buffers
         self._fixed.update({n: _cast(b, dtype).clone() for n, b in model.named_buffers()})
-        x0, y0 = self.batches[0]
+        x0, y0 = self.all_batches[0]  # every rank checks (an empty shard too)
         with torch.no_grad():
             value = self.batch_loss(self.theta, x0, y0)
         if value.ndim != 0:
@@ -161,9 +198,13 @@ class Objective:
         return self.loss_fn(self.outputs(theta, x), y)
 
     def loss(self, theta: torch.Tensor) -> torch.Tensor:
-        """The data-weighted loss ``L(theta)`` over all batches."""
+        """The data-weighted loss ``L(theta)`` over this rank's batches (differentiable).
+
+        In a single process this is ``L(theta)``; on a rank of a group it is the rank's part
+        ``sum_{b in shard} (n_b / N) l_b`` (summed over ranks it gives ``L``).
+        """
         total = sum(
             w * self.batch_loss(theta, x, y)
             for w, (x, y) in zip(self.weights, self.batches, strict=True)
         )
-        return torch.as_tensor(total)
+        return torch.as_tensor(total, dtype=self.dtype)

@@ -5,6 +5,12 @@ block of columns ``V`` of shape ``(P, m)``; the base class sums it over batches 
 weights of :class:`~interbasis.curvature.objective.Objective`, cuts wide blocks into chunks
 of ``chunk_size`` columns (each chunk one :func:`torch.vmap` call), checks every product for
 NaN/Inf and bridges numpy (scipy's side: float64 arrays) and torch.
+
+Distributed (the objective's ``process_group``): each rank sums ``w_b C_b V`` over its shard
+of the batches in float64 and one all-reduce per call adds the ranks' ``(P, m)`` partial
+sums, so every rank gets the same ``C V``; the weights ``w_b = n_b / N`` already carry the
+total sample count ``N`` of all ranks. Eigensolvers on the operator then run identically on
+every rank (the same products, the same seeded start vectors).
 """
 
 from __future__ import annotations
@@ -53,7 +59,13 @@ class CurvatureOperator(LinearOperator):
         )
 
     def matmat_torch(self, V: torch.Tensor) -> torch.Tensor:
-        """``C @ V`` for ``V`` of shape ``(P,)`` or ``(P, m)`` as a torch tensor."""
+        """``C @ V`` (float64) for ``V`` of shape ``(P,)`` or ``(P, m)`` as a torch tensor.
+
+        Each column is ``sum_b w_b C_b v`` accumulated in float64; with a process group the
+        ranks' partial sums over their batches are all-reduced (one ``(P, m)`` float64
+        all-reduce per call), so every rank returns the same product. A NaN/Inf product
+        raises :class:`~interbasis.errors.NonFiniteError` on every rank.
+        """
         obj = self.objective
         vec = V.ndim == 1
         V2 = V.reshape(V.shape[0], -1).to(obj.dtype)
@@ -62,33 +74,37 @@ class CurvatureOperator(LinearOperator):
                 f"{self.kind}: vector of length {V2.shape[0]}, expected {self.shape[0]} (one "
                 "entry per parameter, in ParamLayout order)"
             )
-        chunks = []
-        for start in range(0, V2.shape[1], self.chunk_size):
-            block = V2[:, start : start + self.chunk_size]
-            acc = torch.zeros_like(block)
-            for w, (x, y) in zip(obj.weights, obj.batches, strict=True):
-                acc += w * self._batch_matmat(x, y, block)
-            self._check_finite(acc)
-            self.n_products += block.shape[1]
-            chunks.append(acc)
-        out = torch.cat(chunks, dim=1) if chunks else torch.zeros_like(V2)
+        shard = obj.shard
+        out = torch.zeros(V2.shape, dtype=torch.float64, device=V2.device)
+        with shard.stage(f"{self.kind}-vector products"):  # a rank that raises stops all
+            for start in range(0, V2.shape[1], self.chunk_size):
+                block = V2[:, start : start + self.chunk_size]
+                acc = out[:, start : start + self.chunk_size]
+                for w, (x, y) in zip(obj.weights, obj.batches, strict=True):
+                    acc += w * self._batch_matmat(x, y, block).to(torch.float64)
+                if not shard.active:
+                    self._check_finite(acc, start)  # stop at the first bad chunk
+        if shard.active:
+            out = shard.sum(out)
+            self._check_finite(out, 0)
+        self.n_products += V2.shape[1]
         return out.reshape(-1) if vec else out
 
-    def _check_finite(self, out: torch.Tensor) -> None:
-        """Raise if a column of this chunk (products ``n_products + 1, ...``) has NaN/Inf."""
+    def _check_finite(self, out: torch.Tensor, offset: int) -> None:
+        """Raise if a column of ``out`` (products ``n_products + offset + 1, ...``) has NaN/Inf."""
         bad = ~torch.isfinite(out)
         if bool(bad.any()):
             row = int(bad.any(dim=1).nonzero()[0])
             column = int(bad.any(dim=0).nonzero()[0])
             name = next(n for n, s in self.layout.slices.items() if s.start <= row < s.stop)
             raise NonFiniteError(
-                f"{self.kind}-vector product #{self.n_products + column + 1} is not finite: "
-                f"{int(bad.sum())} NaN/Inf entries, the first in parameter {name!r}"
+                f"{self.kind}-vector product #{self.n_products + offset + column + 1} is not "
+                f"finite: {int(bad.sum())} NaN/Inf entries, the first in parameter {name!r}"
             )
 
     def _matmat(self, X: np.ndarray) -> np.ndarray:
         V = torch.as_tensor(np.asarray(X, dtype=np.float64))
-        return self.matmat_torch(V).to(torch.float64).numpy()
+        return self.matmat_torch(V).cpu().numpy()
 
     def _matvec(self, x: np.ndarray) -> np.ndarray:
         return self._matmat(np.asarray(x).reshape(-1, 1)).reshape(-1)

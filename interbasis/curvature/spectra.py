@@ -8,8 +8,10 @@ restarted Lanczos iteration for symmetric operators. Eigenvalues are sorted desc
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +21,9 @@ from interbasis.curvature.operator import CurvatureOperator
 from interbasis.errors import DataError, NonFiniteError, ShapeError
 
 EPS64 = float(np.finfo(np.float64).eps)
+#: Whether scipy's ``eigsh`` takes ``rng=`` (scipy >= 1.15; older ones restart from ARPACK's
+#: own generator, which is deterministic for a given sequence of calls in a process).
+_EIGSH_RNG = "rng" in inspect.signature(eigsh).parameters
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ def lanczos(
     tol: float = 0.0,
     maxiter: int | None = None,
     ncv: int | None = None,
+    seed: int = 0,
 ) -> Eigenpairs:
     """``k`` extreme eigenpairs of a symmetric operator by Lanczos (ARPACK ``eigsh``).
 
@@ -85,6 +91,11 @@ def lanczos(
         Starting vector; pass a previous eigenvector (combination) to warm-start.
     tol : float
         ARPACK relative accuracy of the Ritz values; 0 means machine precision.
+    seed : int
+        Seed of the random vectors ARPACK draws: the start vector when ``v0`` is None
+        (uniform on ``[-1, 1]``) and any restart vector. Seeded, a run reproduces itself,
+        and the ranks of a process group (whose operator all-reduces its products) run the
+        same iteration in lockstep.
     """
     p = int(op.shape[0])
     if which not in ("LA", "SA", "LM"):
@@ -94,11 +105,18 @@ def lanczos(
             f"k={k} eigenpairs requested but the operator has P={p} parameters; Lanczos needs "
             f"1 <= k < P (for all {p}, build the dense matrix and use eigh_descending)"
         )
-    start = np.asarray(v0, dtype=np.float64).reshape(-1) if v0 is not None else None
-    if start is not None and start.shape[0] != p:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise DataError(f"seed must be an integer, got {seed!r}")
+    rng = np.random.default_rng(int(seed))
+    if v0 is None:
+        start = rng.uniform(-1.0, 1.0, size=p)  # what ARPACK would draw, but seeded
+    else:
+        start = np.asarray(v0, dtype=np.float64).reshape(-1)
+    if start.shape[0] != p:
         raise ShapeError(f"v0 has length {start.shape[0]}, expected P={p}")
     before = op.n_products if isinstance(op, CurvatureOperator) else 0
-    vals, vecs = eigsh(op, k=k, which=which, v0=start, tol=tol, maxiter=maxiter, ncv=ncv)
+    options: dict[str, Any] = {"rng": rng} if _EIGSH_RNG else {}  # restarts (scipy >= 1.15)
+    vals, vecs = eigsh(op, k=k, which=which, v0=start, tol=tol, maxiter=maxiter, ncv=ncv, **options)
     used = (op.n_products - before) if isinstance(op, CurvatureOperator) else 0
     order = np.argsort(vals)[::-1]
     return Eigenpairs(

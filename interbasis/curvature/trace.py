@@ -54,7 +54,10 @@ def hutchinson(
     n_samples : int
         Number of Rademacher probes ``m >= 2``.
     seed : int
-        Seed of the probes (numpy ``default_rng``).
+        Seed of the probes (numpy ``default_rng``). On the ranks of a process group every
+        rank draws the same ``(P, m)`` probes and the operator all-reduces its products
+        (:class:`CurvatureOperator` with ``process_group``), so every estimate is the same
+        on every rank.
     groups : mapping ``group -> parameter names``, optional
         For block traces; default ``op.layout.groups()`` when ``op`` has a layout.
     """

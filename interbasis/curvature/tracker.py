@@ -23,6 +23,7 @@ from interbasis.callbacks import Callback
 from interbasis.curvature.hessian import HessianOperator
 from interbasis.curvature.objective import Batch, LossFn
 from interbasis.curvature.spectra import lanczos
+from interbasis.distributed import Shard
 from interbasis.errors import DataError, NonFiniteError
 from interbasis.train_mode import TrainMode, check_train_mode
 
@@ -57,6 +58,12 @@ class CurvatureTracker(Callback):
         ``"error"`` refuses such a model, ``"keep"`` uses it as it is (deterministic models
         only). The training model and its buffers are never changed
         (:mod:`interbasis.train_mode`).
+    process_group : torch.distributed group, optional
+        For a fixed evaluation ``data``: default the initialised default group, if any
+        (every rank passes the whole ``data``; the Hessian products are all-reduced and the
+        seeded Lanczos runs in lockstep, so every rank logs the same history). Without
+        ``data`` each rank analyses its own training batch alone (the ranks' batches differ,
+        e.g. under ``DistributedDataParallel``), with no collective.
 
     Attributes
     ----------
@@ -75,6 +82,7 @@ class CurvatureTracker(Callback):
         tol: float = 1e-8,
         params: Sequence[str] | None = None,
         train_mode: TrainMode = "eval",
+        process_group: Any = None,
     ) -> None:
         if isinstance(every, bool) or not isinstance(every, int | np.integer) or every < 1:
             raise DataError(f"every must be an integer >= 1 (optimizer steps), got {every!r}")
@@ -86,6 +94,7 @@ class CurvatureTracker(Callback):
         self.every = every
         self.tol = tol
         self.params = params
+        self.process_group = process_group
         self.history: list[dict[str, Any]] = []
         self._vectors: torch.Tensor | None = None
 
@@ -111,9 +120,12 @@ class CurvatureTracker(Callback):
     ) -> None:
         lr = float(optimizer.param_groups[0]["lr"])
         try:
+            # the step's own batch differs between ranks: analysed by each rank alone
+            group = self.process_group if self.data is not None else Shard()
             op = HessianOperator(
-                model, self.loss_fn, data, params=self.params, train_mode=self.train_mode
-            )
+                model, self.loss_fn, data, params=self.params, train_mode=self.train_mode,
+                process_group=group,
+            )  # fmt: skip
             v0 = None if self._vectors is None else self._vectors.sum(dim=1)
             pairs = lanczos(op, self.k, which="LA", v0=v0, tol=self.tol)
         except NonFiniteError as err:

@@ -19,6 +19,12 @@ refused; ``"keep"``: as it is); the caller's model and buffers are never changed
 :func:`series_report` with ``cache_dir`` stores each finished checkpoint's row there (atomic
 writes), so a run killed part-way and restarted with the same ``cache_dir`` reuses them and
 gives the same report as an uninterrupted run.
+
+Distributed (``process_group``: ``None`` for the initialised default group, if any, or that
+group itself): every rank runs the whole atlas in lockstep — the bases and graphs are built
+data-parallel, the Hessians all-reduced, D_LR's activations all-gathered, the rest (modules,
+figures, directions) computed identically — so every rank returns the same report; only rank
+0 writes files (:func:`write_atlas`, the cached rows), and the others wait for it.
 """
 
 from __future__ import annotations
@@ -36,15 +42,16 @@ import torch
 from torch import nn
 
 from interbasis.curvature import ParamLayout
+from interbasis.distributed import Shard, get_shard
+from interbasis.distributed_ops import default_group_only
 from interbasis.errors import DataError
 from interbasis.io import atomic_write
 from interbasis.links.jvp import Layout
 from interbasis.links.report import (
+    HTML_NAME,
+    JSON_NAME,
     check_writable,
-    image,
-    kv_table,
-    page,
-    table,
+    render,
     viewer_page,
     write_files,
 )
@@ -140,6 +147,7 @@ def model_report(
     direction_layout: Layout | None = None,
     direction_source: str = "",
     train_mode: TrainMode = "eval",
+    process_group: Any = None,
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Report dictionary and PNG figures of one model (module docstring).
 
@@ -147,27 +155,30 @@ def model_report(
     default: the top ``settings.n_edge`` Hessian eigenvectors. ``train_mode``: the policy for
     a model in train mode (:mod:`interbasis.train_mode`), applied once here: every view then
     sees the same (eval-mode copy of the) model and none warns again. ``summary``, when
-    given, must be of that model.
+    given, must be of that model. ``process_group``: ``None`` (the initialised default group,
+    if any) or the default group (module docstring); every rank must call this function.
 
     Raises
     ------
     DataError
         ``train_mode`` not one of "eval", "error", "keep"; a model in train mode with
-        ``train_mode="error"``.
+        ``train_mode="error"``; a ``process_group`` other than the default group.
     """
     check_atlas_train_mode(train_mode)
+    default_group_only(process_group, "the atlas")
     model = analysed_model(model, train_mode, "atlas")
     s = summary or summarize_model(
         model, data.inputs, settings.node_layers, data.loss_fn, data.loss_data, k=settings.k,
         seed=settings.seed, stability_seeds=settings.stability_seeds, tol=settings.lanczos_tol,
-        train_mode=train_mode,
+        train_mode=train_mode, process_group=process_group,
     )  # fmt: skip
     _, notes = find_graph_stages(model, data.inputs, settings.node_layers, train_mode=train_mode)
     report: dict[str, Any] = {"settings": settings_record(data, settings)}
     report["graph"] = graph_section(s, notes)
     report["graph"].update(d_lr=s.numbers["d_lr"], hessian_top=s.numbers["hessian_top"])
-    report["hessian"] = hessian_section(model, s, data, settings, train_mode=train_mode)
-    report["dlr"] = dlr_section(model, s, data, train_mode=train_mode)
+    pg = {"train_mode": train_mode, "process_group": process_group}
+    report["hessian"] = hessian_section(model, s, data, settings, **pg)
+    report["dlr"] = dlr_section(model, s, data, **pg)
     if directions is None or direction_layout is None:
         directions = s.eigenpairs.vectors[:, : settings.n_edge].T
         direction_layout = ParamLayout.from_model(model)
@@ -228,7 +239,8 @@ def _cached_row(cache_dir: Path | None, step: int, key: str) -> dict[str, Any] |
     return row if isinstance(row, dict) else None
 
 
-def _store_row(cache_dir: Path, step: int, key: str, row: dict[str, Any]) -> None:
+def _store_row(cache_dir: Path, step: int, key: str, row: dict[str, Any], shard: Shard) -> None:
+    """Write a checkpoint's row on rank 0 (atomically); the other ranks wait for it."""
     text = json.dumps({"key": key, "row": row}, default=float).encode("utf-8")
 
     def write(tmp: Path) -> None:
@@ -237,8 +249,11 @@ def _store_row(cache_dir: Path, step: int, key: str, row: dict[str, Any]) -> Non
             fh.flush()
             os.fsync(fh.fileno())
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(cache_dir / f"step_{step:07d}.json", write)
+    path = cache_dir / f"step_{step:07d}.json"
+    with shard.stage(f"write {path}"):
+        if shard.rank == 0:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, write)
 
 
 def series_report(
@@ -250,6 +265,7 @@ def series_report(
     train_mode: TrainMode = "eval",
     cache_dir: str | os.PathLike[str] | None = None,
     resume: bool = True,
+    process_group: Any = None,
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Report and figures of a training run: the time axis plus the last checkpoint's atlas.
 
@@ -261,15 +277,22 @@ def series_report(
     killed run restarted with the same ``cache_dir`` loses none of them and ends with the
     report of an uninterrupted run.
 
+    ``process_group``: ``None`` (the initialised default group, if any) or the default group
+    (module docstring): every rank computes every checkpoint's row in lockstep, a cached row
+    is used only when every rank finds it, rank 0 alone writes the rows and calls
+    ``progress``.
+
     Raises
     ------
     DataError
         ``train_mode`` not one of "eval", "error", "keep"; a checkpoint in train mode with
-        ``train_mode="error"``.
+        ``train_mode="error"``; a ``process_group`` other than the default group.
     """
     from interbasis.plotting.links import figure_png, plot_series
 
     check_atlas_train_mode(train_mode)
+    default_group_only(process_group, "the atlas")
+    shard = get_shard(process_group)
     cache = Path(cache_dir) if cache_dir is not None else None
     gaps = spectral_gaps(series, settings.edge_params, settings.window)
     picked = _pick(len(series), settings.max_checkpoints)
@@ -278,7 +301,9 @@ def series_report(
         step, is_last = series.steps[i], i == picked[-1]
         key = _row_key(data, settings, train_mode, step, series.paths[i]) if cache else ""
         part = _cached_row(cache, step, key) if resume and not is_last else None
-        if progress:
+        if not shard.all(part is not None):  # the ranks compute a row together, or none does
+            part = None
+        if progress and shard.rank == 0:
             progress(f"checkpoint step {step}" + (" (cached)" if part is not None else ""))
         if part is None:
             raw = series.model(i)
@@ -290,7 +315,7 @@ def series_report(
             s = summarize_model(
                 model, data.inputs, settings.node_layers, data.loss_fn, data.loss_data,
                 k=settings.k, seed=settings.seed, stability_seeds=settings.stability_seeds,
-                tol=settings.lanczos_tol,
+                tol=settings.lanczos_tol, process_group=process_group,
             )  # fmt: skip
             part = {}
             keys = ("graph_size", "assigned_nodes", "edges_90", "n_modules", "stability", "d_lr")
@@ -301,7 +326,7 @@ def series_report(
             for j, lam in enumerate(s.numbers["hessian_top"]):
                 part[f"lambda_{j + 1}"] = lam
             if cache is not None and not is_last:
-                _store_row(cache, step, key, part)
+                _store_row(cache, step, key, part, shard)
             last = (model, s)
         rec = series.record(step)
         row: dict[str, Any] = {"step": step, **part}
@@ -318,6 +343,7 @@ def series_report(
     report, figures = model_report(
         model, data, settings, summary=s, directions=dirs, direction_layout=layout,
         direction_source=source, train_mode="keep",  # the policy was applied above
+        process_group=process_group,
     )  # fmt: skip
     report["series"] = {
         "rows": rows,
@@ -331,61 +357,22 @@ def series_report(
     return report, figures
 
 
-def _hessian_html(h: dict[str, Any], figures: dict[str, bytes]) -> str:
-    out = f"<p class='note'>graph stages: {'; '.join(h['stages']) or 'none'}</p>"
-    full = h["full"]
-    out += f"<h3>Top eigenvectors of the full Hessian ({h['method']})</h3>"
-    out += table(full["rows"]) + image(figures, "hessian", "Hessian shares")
-    out += table(full["mass"] + [{"category": "sum of eigenvalues", "mass": full["sum_lambda"]}])
-    block = h["block"]
-    if block:
-        out += f"<h3>Hessian block of the graph stages ({block['method']})</h3>"
-        keys = ("n_params", "trace", "floor", "zero_count", "zero_invisible")
-        out += table([{k: block[k] for k in keys if k in block}])
-        out += table(block["rows"]) + image(figures, "block", "block shares")
-        out += table(
-            block["mass"] + [{"category": "sum of eigenvalues", "mass": block["sum_lambda"]}]
-        )
-    null = h["null_space"]
-    out += "<h3>Null space of the behavioural-loss Hessian</h3>"
-    if "note" in null:
-        sizes = {k: null[k] for k in ("n_params", "max_dense")}
-        return out + f"<p class='note'>{null['note']}</p>" + table([sizes])
-    shown = ("n_params", "nullity", "largest_zero", "smallest_nonzero", "union_dim")
-    return (
-        out + table([{k: null[k] for k in (*shown, "min_union_share")}]) + table(null["mechanisms"])
-    )
-
-
-def render(report: dict[str, Any], figures: dict[str, bytes]) -> str:
-    """The HTML page of a report (every number on it is a value of ``report``)."""
-    sec: list[tuple[str, str]] = [("Settings and seeds", kv_table(report["settings"]))]
-    if "series" in report:
-        s = report["series"]
-        marks = ("checkpoints", "memorization_step", "grokking_step", "deep_dive_step")
-        body = table([{k: s[k] for k in marks}]) + image(figures, "series", "series")
-        sec.append(("Training run", body + table(s["rows"])))
-    g = report["graph"]
-    summary = ("graph_size", "n_modules", "unassigned", "stability", "d_lr")
-    body = table([{k: g[k] for k in summary}]) + table(g["layers"])
-    body += table([{"module": f"m{i}", "nodes": n} for i, n in enumerate(g["module_sizes"])])
-    sec.append(("Interaction graph and modules", body + image(figures, "graph", "graph")))
-    sec.append(("Hessian and the graph", _hessian_html(report["hessian"], figures)))
-    d = report["dlr"]
-    body = table(d["layers"]) + table(d["modules"]) + image(figures, "dlr", "D_LR")
-    sec.append(("D_LR and the graph", body))
-    e = report["edge"]
-    body = f"<p class='note'>directions: {e['source']}; Fourier labels at {e['fourier_layer']}</p>"
-    body += table(e["rows"]) + image(figures, "edge", "directions")
-    if "controls" in e:
-        body += table([e["controls"]])
-    sec.append(("Parameter directions and the graph", body))
-    return page(report.get("title", "interbasis atlas"), sec)
-
-
 def write_atlas(
-    report: dict[str, Any], figures: dict[str, bytes], out_dir: str | os.PathLike[str]
+    report: dict[str, Any],
+    figures: dict[str, bytes],
+    out_dir: str | os.PathLike[str],
+    *,
+    process_group: Any = None,
 ) -> tuple[Path, Path]:
-    """Render and write ``atlas.html`` + ``atlas.json`` into ``out_dir`` (both or neither)."""
-    check_writable(out_dir)
-    return write_files(out_dir, render(report, figures), report)
+    """Render and write ``atlas.html`` + ``atlas.json`` into ``out_dir`` (both or neither).
+
+    ``process_group`` (default: the initialised default group, if any): rank 0 alone writes;
+    every rank waits for it, raises if it failed, and returns the same two paths.
+    """
+    shard = get_shard(process_group)
+    out = Path(out_dir)
+    with shard.stage(f"write atlas {out}"):  # a failed write stops every rank
+        if shard.rank == 0:
+            check_writable(out)
+            write_files(out, render(report, figures), report)
+    return out / HTML_NAME, out / JSON_NAME

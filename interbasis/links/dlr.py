@@ -18,6 +18,11 @@ centres anyway); features that are constant on the data give NaN (CKA is undefin
 A model in train mode follows :mod:`interbasis.train_mode` (``train_mode="eval"``, default: the
 eval-mode function of a float64 copy, with a warning; ``"error"``: refused; ``"keep"``: the copy
 stays in train mode); the model, its mode and its buffers never change.
+
+Distributed (``process_group``; default: the initialised default group, if any): each rank
+runs the forward passes of its shard of the batches and the activations are all-gathered in
+sample order (:func:`interbasis.distributed_ops.gather_batches`, as D_LR's features in
+:mod:`interbasis.richness.tracker`), so every rank computes the same D_LR as one process.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from torch import nn
 from interbasis.basis import Basis
 from interbasis.capture import OUTPUT, capture, resolve_node_layers
 from interbasis.data import iter_batches
+from interbasis.distributed_ops import check_same_data, data_shard, gather_batches
 from interbasis.errors import DataError, RankError
 from interbasis.links.jvp import float64_copy
 from interbasis.richness import d_lr
@@ -48,20 +54,33 @@ def layer_activations(
     *,
     batch_size: int | None = None,
     train_mode: TrainMode = "eval",
+    process_group: Any = None,
 ) -> dict[str, torch.Tensor]:
     """``name -> f^L`` ``(N, [pos], d)`` float64 for ``names`` plus ``"output"``.
 
     ``train_mode``: the policy for a model in train mode (module docstring).
+    ``process_group``: default the initialised default group, if any; every rank passes the
+    whole ``data``, captures its shard of the batches, and the activations of all ranks are
+    all-gathered in sample order (the same ``(N, [pos], d)`` tensors on every rank).
     """
+    shard = data_shard(process_group, "layer_activations")
     net = float64_copy(model, train_mode, "layer activations")
     wanted = [n for n in names if n != OUTPUT] + [OUTPUT]
     modules = resolve_node_layers(net, wanted)
-    parts: dict[str, list[torch.Tensor]] = {n: [] for n in wanted}
-    for x in iter_batches(data, batch_size, torch.device("cpu"), torch.float64):
-        acts, _ = capture(net, x, modules)
-        for n in wanted:
-            parts[n].append(acts[n].to(torch.float64))
-    return {n: torch.cat(p) for n, p in parts.items()}
+    parts: dict[str, list[tuple[int, torch.Tensor]]] = {n: [] for n in wanted}
+    n_batches = 0
+    with shard.stage("layer activations"):  # a rank that raises stops every rank
+        for b, x in enumerate(iter_batches(data, batch_size, torch.device("cpu"), torch.float64)):
+            n_batches += 1
+            if b % shard.world != shard.rank:  # the batches of the other ranks
+                continue
+            acts, _ = capture(net, x, modules)
+            for n in wanted:
+                parts[n].append((b, acts[n].to(torch.float64)))
+    check_same_data(shard, [n_batches], "layer_activations data")
+    return {
+        n: torch.cat(gather_batches(shard, p, f"activations of {n!r}")) for n, p in parts.items()
+    }
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -107,6 +126,7 @@ def graph_dlr(
     mode: Mode = "gram",
     batch_size: int | None = None,
     train_mode: TrainMode = "eval",
+    process_group: Any = None,
 ) -> GraphDLR:
     """D_LR with ``Φ`` = interaction-basis features of each layer and module.
 
@@ -117,6 +137,9 @@ def graph_dlr(
     membership : node id -> module id (``graphs.Partition.membership``); optional.
     mode : passed to :func:`interbasis.richness.d_lr`.
     train_mode : the policy for a model in train mode (module docstring).
+    process_group : default the initialised default group, if any: the activations are
+        computed on each rank's shard of the batches and all-gathered (module docstring);
+        every rank returns the same result.
 
     Raises
     ------
@@ -130,7 +153,10 @@ def graph_dlr(
         raise DataError("graph_dlr needs at least one node layer besides 'output'")
     if mode not in ("gram", "projection"):
         raise DataError(f"mode must be 'gram' or 'projection', got {mode!r}")
-    acts = layer_activations(model, data, names, batch_size=batch_size, train_mode=train_mode)
+    acts = layer_activations(
+        model, data, names, batch_size=batch_size, train_mode=train_mode,
+        process_group=process_group,
+    )  # fmt: skip
     F = acts[OUTPUT].reshape(acts[OUTPUT].shape[0], -1)
     feats: dict[str, torch.Tensor] = {}
     layers, neurons = {}, {}

@@ -258,6 +258,7 @@ def hessian_eigenpairs(
     seed: int = 0,
     tol: float = 0.0,
     train_mode: TrainMode = "eval",
+    process_group: Any = None,
 ) -> tuple[Eigenpairs, str]:
     """Top-``k`` (and with ``bottom`` the bottom-``k``) Hessian eigenpairs, float64.
 
@@ -266,7 +267,10 @@ def hessian_eigenpairs(
     :class:`interbasis.curvature.HessianOperator`, started from a seeded Gaussian vector so
     that results are reproducible; ``tol`` is ARPACK's relative accuracy of the Ritz values
     (0 = machine precision). ``train_mode``: the policy for a model in train mode (module
-    docstring).
+    docstring). ``process_group`` (default: the initialised default group, if any): the
+    dense Hessian or the Hessian-vector products are sums over every rank's shard of the
+    batches, all-reduced in float64, and the seeded Lanczos runs in lockstep, so every rank
+    returns the same eigenpairs (:mod:`interbasis.curvature.operator`).
 
     Returns
     -------
@@ -278,14 +282,19 @@ def hessian_eigenpairs(
     model = analysed_model(model, train_mode, "Hessian eigenpairs")
     size = ParamLayout.from_model(model, params).size
     if size <= max_dense:
-        H = hessian_matrix(model, loss_fn, data, params=params, train_mode=train_mode)
+        H = hessian_matrix(
+            model, loss_fn, data, params=params, train_mode=train_mode,
+            process_group=process_group,
+        )  # fmt: skip
         return eigh_descending(H), "dense"
-    op = HessianOperator(model, loss_fn, data, params=params, train_mode=train_mode)
+    op = HessianOperator(
+        model, loss_fn, data, params=params, train_mode=train_mode, process_group=process_group
+    )
     v0 = torch.randn(size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    top = lanczos(op, min(k, size - 1), which="LA", v0=v0, tol=tol)
+    top = lanczos(op, min(k, size - 1), which="LA", v0=v0, tol=tol, seed=seed)
     if not bottom:
         return top, "lanczos"
-    low = lanczos(op, min(k, size - 1), which="SA", v0=v0, tol=tol)
+    low = lanczos(op, min(k, size - 1), which="SA", v0=v0, tol=tol, seed=seed)
     values = torch.cat([top.values, low.values])
     vectors = torch.cat([top.vectors, low.vectors], dim=1)
     return Eigenpairs(values, vectors, top.n_products + low.n_products), "lanczos"

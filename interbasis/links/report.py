@@ -6,6 +6,7 @@ the graph's interactive viewer (:mod:`graphs.viewer`) embedded as an ``<iframe s
 Both files are written all-or-nothing: the report directory is created and probed before
 any work (:func:`check_writable`), both files are first written to temporary files in the
 directory and only then moved into place; any failure removes what was written.
+:func:`render` turns a report dictionary into the page.
 """
 
 from __future__ import annotations
@@ -181,3 +182,55 @@ def write_files(
             path.unlink(missing_ok=True)
         raise
     return out / HTML_NAME, out / JSON_NAME
+
+
+def _hessian_html(h: dict[str, Any], figures: dict[str, bytes]) -> str:
+    out = f"<p class='note'>graph stages: {'; '.join(h['stages']) or 'none'}</p>"
+    full = h["full"]
+    out += f"<h3>Top eigenvectors of the full Hessian ({h['method']})</h3>"
+    out += table(full["rows"]) + image(figures, "hessian", "Hessian shares")
+    out += table(full["mass"] + [{"category": "sum of eigenvalues", "mass": full["sum_lambda"]}])
+    block = h["block"]
+    if block:
+        out += f"<h3>Hessian block of the graph stages ({block['method']})</h3>"
+        keys = ("n_params", "trace", "floor", "zero_count", "zero_invisible")
+        out += table([{k: block[k] for k in keys if k in block}])
+        out += table(block["rows"]) + image(figures, "block", "block shares")
+        out += table(
+            block["mass"] + [{"category": "sum of eigenvalues", "mass": block["sum_lambda"]}]
+        )
+    null = h["null_space"]
+    out += "<h3>Null space of the behavioural-loss Hessian</h3>"
+    if "note" in null:
+        sizes = {k: null[k] for k in ("n_params", "max_dense")}
+        return out + f"<p class='note'>{null['note']}</p>" + table([sizes])
+    shown = ("n_params", "nullity", "largest_zero", "smallest_nonzero", "union_dim")
+    return (
+        out + table([{k: null[k] for k in (*shown, "min_union_share")}]) + table(null["mechanisms"])
+    )
+
+
+def render(report: dict[str, Any], figures: dict[str, bytes]) -> str:
+    """The HTML page of a report (every number on it is a value of ``report``)."""
+    sec: list[tuple[str, str]] = [("Settings and seeds", kv_table(report["settings"]))]
+    if "series" in report:
+        s = report["series"]
+        marks = ("checkpoints", "memorization_step", "grokking_step", "deep_dive_step")
+        body = table([{k: s[k] for k in marks}]) + image(figures, "series", "series")
+        sec.append(("Training run", body + table(s["rows"])))
+    g = report["graph"]
+    summary = ("graph_size", "n_modules", "unassigned", "stability", "d_lr")
+    body = table([{k: g[k] for k in summary}]) + table(g["layers"])
+    body += table([{"module": f"m{i}", "nodes": n} for i, n in enumerate(g["module_sizes"])])
+    sec.append(("Interaction graph and modules", body + image(figures, "graph", "graph")))
+    sec.append(("Hessian and the graph", _hessian_html(report["hessian"], figures)))
+    d = report["dlr"]
+    body = table(d["layers"]) + table(d["modules"]) + image(figures, "dlr", "D_LR")
+    sec.append(("D_LR and the graph", body))
+    e = report["edge"]
+    body = f"<p class='note'>directions: {e['source']}; Fourier labels at {e['fourier_layer']}</p>"
+    body += table(e["rows"]) + image(figures, "edge", "directions")
+    if "controls" in e:
+        body += table([e["controls"]])
+    sec.append(("Parameter directions and the graph", body))
+    return page(report.get("title", "interbasis atlas"), sec)

@@ -8,6 +8,12 @@ The sections that run the model take ``train_mode`` (:mod:`interbasis.train_mode
 ``"eval"``: a model in train mode is analysed as an eval-mode copy with a warning, ``"error"``
 refuses it, ``"keep"`` analyses it as it is). :mod:`.atlas` applies the policy once per model
 and may pass the model it analyses with ``train_mode="keep"``.
+
+Distributed: the sections that sum over data take ``process_group`` (``None``: the
+initialised default group, if any) — the Hessian of the graph stages is all-reduced, D_LR's
+activations are all-gathered; the activation Grams of :func:`.hessian_graph_links` and the
+null space's Grams shard over the default group by themselves. Every rank returns the same
+section.
 """
 
 from __future__ import annotations
@@ -138,6 +144,7 @@ def hessian_section(
     data: AtlasData,
     settings: AtlasSettings,
     train_mode: TrainMode = "eval",
+    process_group: Any = None,
 ) -> dict[str, Any]:
     """Full-model top eigenpairs, the Hessian block of the graph stages, the null space."""
     model = analysed_model(model, train_mode, "Hessian section")  # "error" raises here
@@ -162,7 +169,11 @@ def hessian_section(
         "stage_notes": notes,
         "full": _links_block(full, _top_bottom(len(full.eigenvalues), settings.k)),
     }
-    out["block"] = _stage_block(model, s, data, settings, stages, train_mode) if stages else None
+    out["block"] = (
+        _stage_block(model, s, data, settings, stages, train_mode, process_group)
+        if stages
+        else None
+    )
     n_params, max_dense = ParamLayout.from_model(model).size, settings.max_dense
     try:
         if n_params > max_dense:
@@ -199,6 +210,7 @@ def _stage_block(
     settings: AtlasSettings,
     stages: Sequence[GraphStage],
     train_mode: TrainMode,
+    process_group: Any = None,
 ) -> dict[str, Any]:
     """The Hessian restricted to the graph stages' parameters (coverage 1 by construction)."""
     covered = [p for st in stages for p in st.params]
@@ -211,6 +223,7 @@ def _stage_block(
         seed=settings.seed,
         tol=settings.lanczos_tol,
         train_mode=train_mode,
+        process_group=process_group,
     )
     layout = ParamLayout.from_model(model, covered)
     hl = hessian_graph_links(
@@ -237,9 +250,16 @@ def _stage_block(
 
 
 def dlr_section(
-    model: nn.Module, s: ModelSummary, data: AtlasData, train_mode: TrainMode = "eval"
+    model: nn.Module,
+    s: ModelSummary,
+    data: AtlasData,
+    train_mode: TrainMode = "eval",
+    process_group: Any = None,
 ) -> dict[str, Any]:
-    dl = graph_dlr(model, data.inputs, s.bases, s.partition.membership, train_mode=train_mode)
+    dl = graph_dlr(
+        model, data.inputs, s.bases, s.partition.membership, train_mode=train_mode,
+        process_group=process_group,
+    )  # fmt: skip
     nodes = {b.name: b.n_nodes - int(b.has_constant) for b in s.bases}
     return {
         "mode": dl.mode,

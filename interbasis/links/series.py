@@ -207,6 +207,7 @@ def summarize_model(
     readout: str | None = None,
     tol: float = 0.0,
     train_mode: TrainMode = "eval",
+    process_group: Any = None,
 ) -> ModelSummary:
     """Graph size, modules, stability, D_LR and top Hessian eigenvalues of one model.
 
@@ -224,20 +225,26 @@ def summarize_model(
     (``"eval"``, default), refused with :class:`DataError` (``"error"``) or analysed as it is
     (``"keep"``) by every view (:mod:`interbasis.train_mode`); the model, its mode and its
     buffers never change.
+
+    ``process_group`` (default: the initialised default group, if any): the bases and the
+    graph are built data-parallel, D_LR's activations are all-gathered and the Hessian is
+    all-reduced (docs/distributed.md); the modules (seeded Leiden) and every number are then
+    the same on every rank.
     """
     model = analysed_model(model, train_mode, "model summary")
-    bases = build_bases(model, inputs, node_layers, progress=False, train_mode=train_mode)
+    pg = {"process_group": process_group}
+    bases = build_bases(model, inputs, node_layers, progress=False, train_mode=train_mode, **pg)
     graph = build_graph(
-        model, inputs, node_layers, bases=bases, progress=False, train_mode=train_mode
+        model, inputs, node_layers, bases=bases, progress=False, train_mode=train_mode, **pg
     )
     partition = find_modules(graph, seed=seed)
     readout = readout or [n for n in node_layers if n != "output"][-1]
-    acts = layer_activations(model, inputs, [readout], train_mode=train_mode)
+    acts = layer_activations(model, inputs, [readout], train_mode=train_mode, **pg)
     phi = acts[readout].reshape(acts[readout].shape[0], -1)
     out = acts["output"].reshape(acts["output"].shape[0], -1)
-    dlr = graph_dlr(model, inputs, bases, train_mode=train_mode)
+    dlr = graph_dlr(model, inputs, bases, train_mode=train_mode, **pg)
     pairs, method = hessian_eigenpairs(
-        model, loss_fn, loss_data, k, seed=seed, tol=tol, train_mode=train_mode
+        model, loss_fn, loss_data, k, seed=seed, tol=tol, train_mode=train_mode, **pg
     )
     numbers: dict[str, Any] = {
         "nodes": {b.name: b.n_nodes - int(b.has_constant) for b in bases},

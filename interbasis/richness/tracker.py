@@ -6,6 +6,16 @@ and F is the model output, on evaluation sets the tracker holds itself.
 Models in train mode follow the project's policy (:mod:`interbasis.train_mode`): by default
 the eval-mode function of a *copy* is analysed, with a warning; the caller's model, its mode
 and its buffers (batch-norm running statistics) are never changed.
+
+Distributed (``process_group``; default: the initialised default group, if any): every rank
+passes the whole inputs, runs the forward passes of its shard of the chunks of ``batch_size``
+(chunk ``b`` on rank ``b % R``), and the features and outputs are all-gathered in sample
+order (:func:`interbasis.distributed_ops.gather_batches`), so every rank holds the same
+``(n, p)`` and ``(n, C)`` matrices as one process and computes the same D_LR, CKA and NC1.
+They are gathered rather than reduced to Grams because D_LR's projection form needs the SVD
+of the centred outputs (rank decisions at round-off, which a Gram ``F_c^T F_c`` would
+square), S_init pairs the features of the same samples at two times, and NC1 needs the class
+of every sample; the matrices are ``(n, p)``, never ``n x n``.
 """
 
 from __future__ import annotations
@@ -17,6 +27,8 @@ from typing import Any
 import torch
 
 from interbasis.callbacks import Callback
+from interbasis.distributed import Shard
+from interbasis.distributed_ops import check_same_data, data_shard, gather_batches
 from interbasis.errors import DataError, NodeLayerError, ShapeError
 from interbasis.richness.baselines import nc1, parameter_norm_sq, within_class_trace
 from interbasis.richness.cka import cka, d_lr
@@ -67,8 +79,13 @@ def _collect(
     feature_module: str,
     position: int | None,
     batch_size: int,
+    shard: Shard | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`collect_features` on a model that may be run as it is (options checked)."""
+    """:func:`collect_features` on a model that may be run as it is (options checked).
+
+    With an active ``shard`` this rank runs its chunks and the rows are all-gathered.
+    """
+    shard = shard or Shard()
     captured: list[torch.Tensor] = []
 
     def hook(_module: torch.nn.Module, args: tuple[Any, ...]) -> None:
@@ -79,19 +96,27 @@ def _collect(
     device = params.device if params is not None else torch.device("cpu")
     feats, outs = [], []
     try:
-        for chunk in torch.split(inputs, batch_size):
-            captured.clear()
-            out = model(chunk.to(device))
-            if len(captured) != 1:
-                raise ShapeError(
-                    f"module {feature_module!r} was called {len(captured)} times in one "
-                    "forward pass; Φ must be the input of a module called exactly once"
+        with shard.stage("D_LR features"):  # a rank that raises stops every rank
+            for b, chunk in shard.batches(enumerate(torch.split(inputs, batch_size))):
+                captured.clear()
+                out = model(chunk.to(device))
+                if len(captured) != 1:
+                    raise ShapeError(
+                        f"module {feature_module!r} was called {len(captured)} times in one "
+                        "forward pass; Φ must be the input of a module called exactly once"
+                    )
+                phi = _select(captured[0], position, "features").to("cpu", torch.float64)
+                feats.append((b, phi))
+                outs.append(
+                    (b, _select(out.detach(), position, "outputs").to("cpu", torch.float64))
                 )
-            feats.append(_select(captured[0], position, "features").to("cpu", torch.float64))
-            outs.append(_select(out.detach(), position, "outputs").to("cpu", torch.float64))
     finally:
         handle.remove()
-    return torch.cat(feats), torch.cat(outs)
+    check_same_data(shard, [len(inputs)], "D_LR inputs")
+    return (
+        torch.cat(gather_batches(shard, feats, "D_LR features")),
+        torch.cat(gather_batches(shard, outs, "D_LR outputs")),
+    )
 
 
 def collect_features(
@@ -102,6 +127,7 @@ def collect_features(
     position: int | None = None,
     batch_size: int = 4096,
     train_mode: TrainMode = "eval",
+    process_group: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features Φ (input of ``feature_module``) and outputs F of ``model`` on ``inputs``.
 
@@ -122,10 +148,15 @@ def collect_features(
         ``"eval"`` (default) analyses the eval-mode function of a copy, with a warning;
         ``"error"`` refuses the model with :class:`DataError`; ``"keep"`` runs it in train
         mode (on a copy, so batch norm cannot update the caller's running statistics).
+    process_group
+        Default: the initialised default group, if any. Every rank passes the whole
+        ``inputs``, runs the chunks ``b`` with ``b % R == r`` and the rows of all ranks are
+        all-gathered in sample order (module docstring); a
+        :class:`~interbasis.distributed.Shard` is used as it is (``Shard()``: alone).
 
     Returns
     -------
-    (features (n, p), outputs (n, C)), float64 on the CPU.
+    (features (n, p), outputs (n, C)), float64 on the CPU — the same on every rank.
 
     Raises
     ------
@@ -144,8 +175,9 @@ def collect_features(
         shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
         raise DataError(f"inputs must be a tensor with at least one sample, got {shape}")
     _module(model, feature_module)  # a clear error before any copy
+    shard = data_shard(process_group, "collect_features")
     net = _model_to_run(model, train_mode, "D_LR features")
-    return _collect(net, inputs, feature_module, position, batch_size)
+    return _collect(net, inputs, feature_module, position, batch_size, shard)
 
 
 class RichnessTracker(Callback):
@@ -171,6 +203,10 @@ class RichnessTracker(Callback):
         function of a copy (warning once per tracker), ``"error"`` refuses a model in train
         mode with :class:`DataError`, ``"keep"`` measures the train-mode function (on a copy).
         The training model itself, its mode and its buffers are never changed.
+    process_group
+        Default: the initialised default group, if any, found at each measurement. Every
+        rank holds the same ``eval_sets``; each runs its shard of the chunks and the features
+        are all-gathered (module docstring), so every rank records the same history.
 
     Notes
     -----
@@ -201,6 +237,7 @@ class RichnessTracker(Callback):
         baselines: bool = True,
         nc1_ridge: float = 1e-4,
         train_mode: TrainMode = "eval",
+        process_group: Any = None,
     ) -> None:
         if not eval_sets:
             raise DataError("eval_sets is empty: give at least one {name: (inputs, labels)}")
@@ -234,6 +271,7 @@ class RichnessTracker(Callback):
         self.baselines = baselines
         self.nc1_ridge = nc1_ridge
         self.train_mode: TrainMode = train_mode
+        self.process_group = process_group
         self.history: list[dict[str, float]] = []
         self._init_features: dict[str, torch.Tensor] | None = None
         self._warned = False
@@ -251,7 +289,8 @@ class RichnessTracker(Callback):
         return net
 
     def _features(self, net: torch.nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return _collect(net, inputs, self.feature_module, self.position, self.batch_size)
+        shard = data_shard(self.process_group, "RichnessTracker")
+        return _collect(net, inputs, self.feature_module, self.position, self.batch_size, shard)
 
     def measure(self, model: torch.nn.Module) -> dict[str, float]:
         """Compute every recorded quantity for ``model`` now (without a ``step`` key)."""
