@@ -242,8 +242,8 @@ def _single_rank(command: str) -> bool:
         return True
     rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
     if rank == 0:
-        print(f"interbasis {command} under torchrun: only `interbasis graph` splits its work "
-              f"over ranks; rank 0 runs {command} alone, ranks 1-{world - 1} exit",
+        print(f"interbasis {command} under torchrun: only `interbasis graph` and `atlas` split "
+              f"their work over ranks; rank 0 runs {command} alone, ranks 1-{world - 1} exit",
               file=sys.stderr)  # fmt: skip
     return rank == 0
 
@@ -445,7 +445,7 @@ def _delegate(command: str, argv: list[str]) -> int:
         code = atlas_command(full)
     resolved = _resolved(sub.parse_known_args(full)[0], ("out", "target", "checkpoint"))
     out = Path(resolved["out"]) if resolved.get("out") else None
-    if code == 0 and out is not None and out.is_dir():
+    if code == 0 and out is not None and out.is_dir() and _rank() == 0:
         if command == "train" and (out / "run.json").is_file():
             run_cfg = json.loads((out / "run.json").read_text())["config"]
             resolved = {"out": resolved["out"], "no_progress": not run_cfg.pop("progress", True),
@@ -537,15 +537,22 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] in (["train"], ["atlas"], ["ablate"], ["view"]) and not _single_rank(argv[0]):
+    if argv[:1] in (["train"], ["ablate"], ["view"]) and not _single_rank(argv[0]):
         return 0
     if argv[:1] == ["train"]:
         return _delegate("train", argv[1:])
     from interbasis.performance import tune_allocator
 
     tune_allocator()  # graph commands: reuse freed Jacobian chunks instead of page-faulting
-    if argv[:1] == ["atlas"]:
-        return _delegate("atlas", argv[1:])
+    if argv[:1] == ["atlas"]:  # under torchrun every rank takes its share (docs/distributed.md)
+        joined = _init_distributed()
+        try:
+            return _delegate("atlas", argv[1:])
+        finally:
+            if joined:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
     if argv[:1] == ["ablate"]:
         return _delegate("ablate", argv[1:])
     top, subs = _subparsers()

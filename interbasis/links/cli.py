@@ -161,7 +161,8 @@ def atlas_command(argv: Sequence[str] | None = None) -> int:
     created = not out.exists()
     try:
         check_writable(out)  # fail before any work
-        _remove_stale_temps(out)
+        if _rank() == 0:  # under torchrun every rank computes its share, rank 0 writes
+            _remove_stale_temps(out)
         target = Path(args.target)
         # a directory is a run unless it holds a single checkpoint file (rib's layout); an
         # empty one gets load_series's message ("no checkpoints in ...")
@@ -190,13 +191,22 @@ def atlas_command(argv: Sequence[str] | None = None) -> int:
         report["title"] = f"interbasis atlas of {target.name}"
         report["settings"] = {"target": str(target), **report["settings"]}
         html_path, json_path = write_atlas(report, figures, args.out)
-        shutil.rmtree(out / ROWS_DIR, ignore_errors=True)
+        if _rank() == 0:
+            shutil.rmtree(out / ROWS_DIR, ignore_errors=True)
     except (InterbasisError, GraphError, OSError) as err:
-        if created and out.is_dir() and not any(out.iterdir()):
+        if created and _rank() == 0 and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # leave no trace of a report that was not written
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:
         torch.set_num_threads(threads)
-    print(f"wrote {html_path} and {json_path} in {time.time() - t0:.1f} s")
+    if _rank() == 0:
+        print(f"wrote {html_path} and {json_path} in {time.time() - t0:.1f} s")
     return 0
+
+
+def _rank() -> int:
+    """This process's rank in the initialised default group (0 without one)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
