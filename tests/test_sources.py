@@ -350,3 +350,20 @@ def test_vjp_chunks_stay_within_the_memory_budget() -> None:
         assert chunk.grads.numel() * 8 <= budget
         covered[chunk.samples] += chunk.units.stop - chunk.units.start
     assert bool((covered == chunks[0].out_units.n_units).all())
+
+
+def test_capturing_a_section_input_keeps_no_autograd_graph() -> None:
+    """The capture runs up to the section's input without autograd: with grad enabled it kept
+    every intermediate of the model's forward pass (MiniLM, 256 sequences: +770 MiB peak)."""
+    seen: list[bool] = []
+
+    class Recorder(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(torch.is_grad_enabled())
+            return x
+
+    net = nn.Sequential(nn.Linear(3, 4), Recorder(), nn.Tanh(), nn.Linear(4, 2)).double()
+    run = prepare(net, torch.randn(8, 3, dtype=torch.float64), ["2", "output"], progress=False)
+    x = next(iter(run.batches()))
+    value, _ = run.section("2", "output").capture_input(x)
+    assert seen == [False] and not value.requires_grad
