@@ -84,7 +84,8 @@ class Run:
 
     def batches(self, desc: str | None = None) -> Iterator[torch.Tensor]:
         """Model inputs on the run's device, with a progress bar when asked for."""
-        it = iter_batches(self.data, self.batch_size, self.device, self.dtype)
+        it = iter_batches(self.data, self.batch_size, self.device, self.dtype,
+                          allow_empty=self.shard.split_over == "shards")  # fmt: skip
         if self.progress and desc:
             return iter(tqdm(it, desc=desc, leave=False))
         return it
@@ -240,7 +241,7 @@ def prepare(
     if output is not None and not callable(output):
         raise TypeError(f"output must be a callable (return value -> tensor), got {output!r}")
     sources = check_sources(sources, "sources")
-    check_data(data)
+    check_data(data, allow_empty=split_over == "shards")  # a rank's shard may be empty
     target = torch.device(device) if device is not None else None
     if target is None:
         target = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -358,6 +359,9 @@ def section_gram(
             run.section(name, target), partial(run.batches, f"M {name}"), out_map,
             run.memory_budget, consumers=consumers, sources=run.sources, mode=run.mode,
             shard=run.shard, partial_sums=partial_sums,
+            # the affine fast path reads every batch on every rank; ranks holding their own
+            # shards (some maybe empty) take the general path, which all-reduces
+            detect_affine=run.shard.split_over != "shards",
         )  # fmt: skip
         affine = r.affine.cpu() if r.affine is not None else None
         return {"M": r.M.cpu(), "affine": affine, "rse": r.relative_standard_error}
@@ -449,8 +453,9 @@ def build_bases(
     process_group : ``torch.distributed`` group to split the work over (default: the
         initialised default group, if any); every rank returns the same bases
         (:mod:`interbasis.distributed`, docs/distributed.md).
-    split_over : ``"data"`` (each rank a shard of the batches) or ``"units"`` (each rank a
-        slice of the output units of every section; rib's ``dist_split_over: out_dim``).
+    split_over : ``"data"`` (each rank a shard of the batches), ``"units"`` (each rank a
+        slice of the output units of every section; rib's ``dist_split_over: out_dim``) or
+        ``"shards"`` (each rank was given its own part of the data and reads all of it).
     cache_dir : directory (or :class:`interbasis.stage_cache.CacheDir`) where finished stages
         and partial sums are kept; a rerun skips finished stages (:mod:`interbasis.stage_cache`).
 

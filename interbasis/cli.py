@@ -29,7 +29,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,21 +47,26 @@ def _check_out(path: str) -> Path:
     return out
 
 
-def _load_data(checkpoint: str, data: str) -> Any:
+def _load_data(checkpoint: str, data: str, shard: bool = False) -> Any:
+    """The model inputs of ``--data``; with ``shard`` under torchrun only this rank's
+    contiguous slice of the rows (a tensor file is memory-mapped, so only those rows are read)."""
     import torch
+
+    rows = _shard_rows() if shard else None
 
     if data in ("train", "test", "all"):
         from experiments.checkpoint_io import task_for_checkpoint
 
         task = task_for_checkpoint(checkpoint)
-        return {"train": task.train_inputs, "test": task.test_inputs, "all": task.inputs}[data]
+        x = {"train": task.train_inputs, "test": task.test_inputs, "all": task.inputs}[data]
+        return x if rows is None else x[rows(len(x))]
     path = Path(data)
     if not path.is_file():
         raise SystemExit(
             f"error: --data must be train, test, all or a tensor file; {data} not found"
         )
     try:
-        tensor = torch.load(path, map_location="cpu", weights_only=True)
+        tensor = torch.load(path, map_location="cpu", weights_only=True, mmap=rows is not None)
     except Exception as err:  # not a torch file, truncated, or holding pickled objects
         raise SystemExit(
             f"error: --data {data} is not a tensor file written by torch.save (torch.load "
@@ -71,7 +76,17 @@ def _load_data(checkpoint: str, data: str) -> Any:
         raise SystemExit(
             f"error: --data {data} holds a {type(tensor).__name__}, not a tensor of model inputs"
         )
-    return tensor
+    return tensor if rows is None else tensor[rows(len(tensor))].clone()
+
+
+def _shard_rows() -> Callable[[int], slice] | None:
+    """Under torchrun: ``n -> slice`` of rank r's rows ``[n r / R, n (r + 1) / R)``."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    rank, world = dist.get_rank(), dist.get_world_size()
+    return lambda n: slice(n * rank // world, n * (rank + 1) // world)
 
 
 def run_graph(
@@ -86,6 +101,7 @@ def run_graph(
     progress: bool = True,
     config: dict[str, Any] | None = None,
     cache: str | None = None,
+    shard: bool = False,
 ) -> dict[str, Any]:
     """Build, cluster, export and draw one graph; returns the summary written to JSON.
 
@@ -93,7 +109,8 @@ def run_graph(
     created is removed again. ``config`` (the resolved options) is written as ``config.yaml``.
     ``cache`` is the stage cache of a resumable build (``build_graph(cache_dir=)``). Under
     ``torchrun`` every rank builds its share of the data; only rank 0 finds the modules and
-    writes (the other ranks return the summary without ``modules``).
+    writes (the other ranks return the summary without ``modules``); with ``shard`` each rank
+    loads only its slice of the data rows (``split_over="shards"``).
     """
     import matplotlib
 
@@ -107,16 +124,17 @@ def run_graph(
 
     t0 = time.time()
     model = load_checkpoint(checkpoint)
-    inputs = _load_data(checkpoint, data)
+    inputs = _load_data(checkpoint, data, shard)
     graph = build_graph(
         model, inputs, list(layers), basis=basis, edges=edges,  # type: ignore[arg-type]
         dtype=torch.float64, batch_size=batch_size, progress=progress, cache_dir=cache,
+        split_over="shards" if shard and _shard_rows() is not None else "data",
     )  # fmt: skip
     t_build = time.time() - t0
     summary: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "data": data,
-        "n_inputs": int(inputs.shape[0]),
+        "n_inputs": int(graph.metadata["n_samples"]),
         "node_layers": list(layers),
         "basis": basis,
         "edges": edges,
@@ -366,7 +384,7 @@ def _cmd_graph(args: argparse.Namespace, sub: argparse.ArgumentParser, demo: boo
         summary = run_graph(
             args.checkpoint, args.layers, args.data, out, basis=args.basis, edges=args.edges,
             modules=not args.no_modules, batch_size=args.batch_size, progress=not args.quiet,
-            config=config, cache=args.cache,
+            config=config, cache=args.cache, shard=args.shard,
         )  # fmt: skip
         if _rank() == 0:
             _print_summary(summary, out)
@@ -509,6 +527,12 @@ def _subparsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentP
         g.add_argument("--batch-size", type=int, default=None)
         g.add_argument("--cache", default=None, help="stage cache directory: a rerun resumes "
                        "from finished stages and partial sums (docs/distributed.md)")  # fmt: skip
+        g.add_argument(
+            "--shard",
+            action="store_true",
+            help="under torchrun: each rank loads "
+            "only its slice of the data rows (memory-mapped from a tensor file)",
+        )
         g.add_argument("--no-modules", action="store_true", help="skip the module search")
         g.add_argument("--quiet", action="store_true", help="no progress bars")
         g.add_argument("--config", default=None, help=config_help)

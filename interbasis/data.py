@@ -21,10 +21,11 @@ from interbasis.errors import DataError
 DEFAULT_BATCH_SIZE = 1024
 
 
-def check_data(data: Any) -> None:
-    """Raise :class:`DataError` for data that cannot be iterated several times or is empty."""
+def check_data(data: Any, allow_empty: bool = False) -> None:
+    """Raise :class:`DataError` for data that cannot be iterated several times or is empty
+    (``allow_empty``: an empty tensor is fine, e.g. a rank's empty shard)."""
     if isinstance(data, torch.Tensor):
-        if data.ndim == 0 or data.shape[0] == 0:
+        if data.ndim == 0 or (data.shape[0] == 0 and not allow_empty):
             raise DataError(f"data is an empty tensor of shape {tuple(data.shape)}")
         if data.device.type == "meta":
             raise DataError("data lies on the meta device and holds no values")
@@ -48,6 +49,7 @@ def iter_batches(
     batch_size: int | None,
     device: torch.device,
     dtype: torch.dtype,
+    allow_empty: bool = False,
 ) -> Iterator[Any]:
     """Yield model inputs, moved to ``device``; floating inputs are cast to ``dtype``.
 
@@ -60,7 +62,9 @@ def iter_batches(
     DataError
         If there is no batch at all, a batch is empty, or its first element is not a tensor.
     """
-    check_data(data)
+    check_data(data, allow_empty)
+    if allow_empty and isinstance(data, torch.Tensor) and data.shape[0] == 0:
+        return  # a rank's empty shard: no batches
     if batch_size is not None and (
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):

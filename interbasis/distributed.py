@@ -18,6 +18,9 @@ with one float64 all-reduce per accumulator (gloo on CPU, NCCL on GPUs; launch w
   and takes a contiguous slice of the output units of each section (:func:`unit_range`), so
   ``M = sum_r M_r`` with ``M_r`` the sum over rank r's units; counts are the same on every
   rank and are not summed. Every rank draws the same sources (seed rank 0).
+- ``split_over="shards"``: each rank was handed its own part of the data (e.g. ``interbasis
+  graph --shard`` loads only its slice of the rows) and reads all of it; the sums are reduced
+  as for ``"data"``.
 
 Errors: every stage ends with :meth:`Shard.stage`, a collective that tells every rank whether
 any rank raised, and which, so that all ranks stop with a :class:`DistributedError` naming the
@@ -41,8 +44,8 @@ from interbasis.grams import GramAccumulator, JacobianGramAccumulator
 from interbasis.sources import SourceSpread
 
 T = TypeVar("T")
-SplitOver = Literal["data", "units"]
-SPLITS = ("data", "units")
+SplitOver = Literal["data", "units", "shards"]
+SPLITS = ("data", "units", "shards")
 
 __all__ = [
     "DistributedError",
@@ -151,12 +154,13 @@ class Shard:
     @property
     def seed_rank(self) -> int:
         """The rank in the source seeds: the data rank; 0 when ranks split output units."""
-        return self.rank if self.split_over == "data" else 0
+        return 0 if self.split_over == "units" else self.rank
 
     # splitting
     def batches(self, batches: Iterable[T]) -> Iterator[T]:
-        """This rank's batches: its shard (``"data"``), all of them (``"units"``)."""
-        if self.split_over == "units":
+        """This rank's batches: its shard (``"data"``), all of them (``"units"``; ``"shards"``:
+        the data given to this rank is its shard already)."""
+        if self.split_over != "data":
             return iter(batches)
         return shard_batches(batches, self.rank, self.world)
 
@@ -183,7 +187,18 @@ class Shard:
     def count(self, n: int) -> int:
         """A sample count: summed over data shards, the same on every rank for units."""
         t = _f64([float(n)])
-        return int((self.sum(t) if self.split_over == "data" else self.max(t))[0])
+        return int((self.max(t) if self.split_over == "units" else self.sum(t))[0])
+
+    def combined_hash(self, digest: str) -> str:
+        """One digest of every rank's ``digest`` (in rank order): the same on every rank, e.g.
+        of the data when each rank holds its own shard (``split_over="shards"``)."""
+        if not self.active:
+            return digest
+        import hashlib
+
+        digests: list[Any] = [None] * self.world
+        _dist().all_gather_object(digests, digest, group=self.group)
+        return hashlib.sha256("|".join(digests).encode()).hexdigest()
 
     def _shape(self, t: torch.Tensor | None, ndim: int) -> tuple[int, ...]:
         """The shape of a tensor that ranks without one (empty shard) do not know."""
@@ -302,7 +317,7 @@ class Shard:
         t = self.sum(_f64([spread.total, spread.variance]))
         estimated = self.any(spread.estimated)
         spread.total, spread.variance = float(t[0]), float(t[1])
-        spread.estimated = estimated and self.split_over == "data"
+        spread.estimated = estimated and self.split_over != "units"
 
     def reduce_squared_edges(self, acc: Any) -> None:
         """Sum a :class:`interbasis.edges.SquaredEdges` (``E``, ``count``, spread) in place."""

@@ -279,7 +279,7 @@ def functional_edges(
                         a = torch.einsum("cbsj,bsj->cj", g_hat, f_hat)
                         rows = first + torch.arange(units.start, units.stop, device=E.device)
                         E.index_add_(0, rows, -float(w) * a.to(torch.float64))
-    if shard.active and shard.split_over == "data":
+    if shard.active and shard.split_over != "units":
         E, count = shard.sum(E), shard.count(count)
     return _finish(E, count, basis_in, basis_out, section.inject[0])
 

@@ -320,6 +320,11 @@ def build_graph(
     edge_sources = check_sources(edge_sources, "edge_sources", edges=True)
     if edge_sources is not None and edges != "squared":
         raise DataError(f'edge_sources applies to edges="squared", not edges={edges!r}')
+    if edges == "weight" and split_over == "shards":
+        raise DataError(
+            'edges="weight" reads every batch on every rank, but with split_over="shards" each '
+            'rank holds only its own; use edges="squared" (equal on affine sections)'
+        )
     started = time.time()
     run = prepare(
         model, data, node_layers, dtype=dtype, device=device, batch_size=batch_size,

@@ -307,7 +307,10 @@ def open_cache(
     spec = cache_dir if isinstance(cache_dir, CacheDir) else CacheDir(cache_dir)
     if not isinstance(spec.path, (str, os.PathLike)):
         raise TypeError(f"cache_dir must be a path or a CacheDir, got {cache_dir!r}")
-    base = {"model": hash_model(model), "data": hash_batches(batches()), **dict(options)}
+    data = hash_batches(batches())
+    if shard is not None and shard.split_over == "shards":  # each rank hashed its own part
+        data = shard.combined_hash(data)
+    base = {"model": hash_model(model), "data": data, **dict(options)}
     return StageCache(spec.path, base, shard, spec.every)
 
 

@@ -77,9 +77,12 @@ def _graph_args(data: Path, out: Path) -> list[str]:
             "--batch-size", str(BATCH), "--out", str(out), "--quiet"]  # fmt: skip
 
 
-def test_torchrun_graph_equals_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shard", [False, True], ids=["batches", "--shard"])
+def test_torchrun_graph_equals_one_process(tmp_path: Path, shard: bool) -> None:
+    """Ranks take every other batch, or (``--shard``) load only their slice of the rows."""
     data, out = _data(tmp_path), tmp_path / "out"
-    code, log = _torchrun(tmp_path / "log", *_graph_args(data, out))
+    extra = ["--shard"] if shard else []
+    code, log = _torchrun(tmp_path / "log", *_graph_args(data, out), *extra)
     assert code == 0, log[-6000:]
     assert log.count(f"wrote {out / 'graph.npz'}") == 1, "rank 0 alone reports its outputs"
     for name in ("graph.npz", "graph.graphml", "graph.html", "graph.png", "config.yaml"):
@@ -87,7 +90,8 @@ def test_torchrun_graph_equals_one_process(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_inputs"] == N and summary["modules"]["sizes"], "rank 0 found the modules"
     two = load_npz(out / "graph.npz")
-    assert two.metadata["distributed"] == {"world_size": 2, "split_over": "data"}
+    split = "shards" if shard else "data"
+    assert two.metadata["distributed"] == {"world_size": 2, "split_over": split}
     assert two.metadata["n_samples"] == N, "the ranks' shards add up to the data"
 
     one = build_graph(load_checkpoint(RIB_MODADD_CHECKPOINT), torch.load(data), LAYERS,

@@ -280,6 +280,28 @@ def test_two_ranks_build_the_same_graph_as_one(which: str, split_over: str) -> N
         assert got["world"] == {"world_size": 2, "split_over": split_over}
 
 
+def shards_worker(rank: int, world: int, which: str, rows: list[int]) -> dict[str, object]:
+    """Rank r is handed only rows ``[rows[r], rows[r + 1])`` of the data."""
+    torch.set_num_threads(1)
+    model, data = _modadd() if which == "modadd" else _seq()
+    layers = MODADD_LAYERS if which == "modadd" else SEQ_LAYERS
+    g = build_graph(model, data[rows[rank] : rows[rank + 1]], layers, dtype=torch.float64,
+                    batch_size=32, progress=False, split_over="shards")  # fmt: skip
+    return {"lambda": [layer.eigenvalues for layer in g.layers], "edges": g.edges,
+            "n": g.metadata["n_samples"], "world": g.metadata["distributed"]}  # fmt: skip
+
+
+@needs_wiring
+@pytest.mark.parametrize("rows", [[0, 50, 90], [0, 0, 90]], ids=["uneven", "empty-rank-0"])
+def test_ranks_given_their_own_shards_build_the_same_graph_as_one(rows: list[int]) -> None:
+    """split_over="shards" (``interbasis graph --shard``): each rank holds only its rows."""
+    torch.set_num_threads(1)
+    want = _graph("seq")
+    for got in spawn(shards_worker, 2, ("seq", rows), timeout=300):
+        _same_graph(got, want)
+        assert got["world"] == {"world_size": 2, "split_over": "shards"}
+
+
 @needs_wiring
 def test_units_split_over_ranks_with_batches_split_by_the_budget() -> None:
     """Ranks that split the output units, each VJP pass over slices of the batch (a memory
