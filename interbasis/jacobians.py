@@ -222,8 +222,9 @@ def section_jacobian_gram(
         If a Jacobian has NaN/Inf (the node layer and batch are named).
     """
     inject, read = section.inject[0], section.read[0]
+    shard = shard if shard is not None else Shard()
     if detect_affine and callable(batches):
-        J = _affine_on_all(section, batches(), out_map)
+        J = _affine_on_all(section, batches(), out_map, shard)
         if J is not None:
             Jd = J.to(torch.float64).reshape(-1, J.shape[-1])
             _warn_unreached(section, J.to(torch.float64).pow(2).sum((0, 2)), J.shape[1])
@@ -232,7 +233,6 @@ def section_jacobian_gram(
     spread = SourceSpread()
     reach: torch.Tensor | None = None  # squared Jacobian norm per kept input position
     ever_real: torch.Tensor | None = None  # kept positions that are not padding in some sample
-    shard = shard if shard is not None else Shard()
     start, state = partial_sums.resume()
     if state is not None:
         acc, spread = restore_jacobian_gram(state, out_map.device)
@@ -315,15 +315,30 @@ def _warn_unreached(
 
 
 def _affine_on_all(
-    section: Section, batches: Iterable[Any], out_map: torch.Tensor
+    section: Section, batches: Iterable[Any], out_map: torch.Tensor, shard: Shard | None = None
 ) -> torch.Tensor | None:
     """The section's constant Jacobian if it is affine on every batch, else ``None``.
 
     The first batch decides cheaply for non-affine sections (one single-sample Jacobian and
-    one JVP); affine sections are then checked on every batch.
+    one JVP); affine sections are then checked on every batch. Ranks that split the data
+    (every rank holds all batches) check the first batch and their own shard of the others,
+    and agree (all-reduce) that every batch passed.
     """
+    shard = shard if shard is not None else Shard()
+    J = _affine_on_batches(section, batches, out_map, shard)
+    if shard.active and not shard.all(J is not None):
+        return None
+    return J
+
+
+def _affine_on_batches(
+    section: Section, batches: Iterable[Any], out_map: torch.Tensor, shard: Shard
+) -> torch.Tensor | None:
     J: torch.Tensor | None = None
+    mine = shard.split_over == "data" and shard.active
     for b, x in enumerate(batches):
+        if mine and b > 0 and b % shard.world != shard.rank:
+            continue  # another rank checks it
         value, layout = section.capture_input(x)
         mask = section.input_mask(x, value)
         if mask is not None and not bool(mask.all()):
