@@ -16,8 +16,9 @@ per build. Prints one row per setting and the fitted growth exponents of time in
 
 ``--minilm`` builds the graph of the pretrained all-MiniLM-L6-v2 (``experiments.minilm_graph``,
 float32 model, float64 sums) from the input of its last block to the pooled sentence
-embedding, on ``--minilm-n`` corpus sequences of 32 tokens: exactly (384 output units per
-batch) and with ``Sources(hidden=S)`` for S in {1, 4, 16, 64}, each in its own process.
+embedding, on ``--minilm-n`` corpus sequences of 32 tokens: the bases (Grams and M, where
+the sources act; no edges) exactly (384 output units per batch) and with
+``Sources(hidden=S)`` for S in {1, 4, 16, 64}, each in its own process.
 """
 
 from __future__ import annotations
@@ -84,13 +85,12 @@ def build_minilm(n: int, hidden: int | None, seed: int) -> dict:
     ids, _ = text_corpus(n, seq_len=32, seed=0)
     src = ib.Sources(hidden=hidden, seed=seed) if hidden else None
     t0 = time.perf_counter()
-    g = ib.build_graph(model, ids, ["bert.encoder.layer.5", "output"], dtype=torch.float32,
-                       sources=src, progress=False)  # fmt: skip
+    bases = ib.build_bases(model, ids, ["bert.encoder.layer.5", "output"],
+                           dtype=torch.float32, sources=src, progress=False)  # fmt: skip
     return {
         "seconds": time.perf_counter() - t0,
         "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "eigenvalues": [layer.eigenvalues.tolist() for layer in g.layers],
-        "edges": [e.tolist() for e in g.edges],
+        "eigenvalues": [b.eigenvalues.tolist() for b in bases],
     }
 
 

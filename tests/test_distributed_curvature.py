@@ -209,7 +209,8 @@ def _atlas() -> tuple[dict[str, Any], dict[str, bytes]]:
     g = torch.Generator().manual_seed(0)
     x = 2 * torch.rand(2500, 2, generator=g, dtype=torch.float64) - 1
     y = torch.sin(3 * x[:, :1]) * x[:, 1:]
-    data = AtlasData(x, F.mse_loss, (x[:200], y[:200]))
+    # the Hessian data in 4 batches of 64, 64, 64, 8: the ranks split them (2 + 2)
+    data = AtlasData(x, F.mse_loss, (x[:200], y[:200]), loss_batch_size=64)
     settings = AtlasSettings(ATLAS_LAYERS, k=2, n_edge=2, n_random=2, stability_seeds=(0, 1))
     return model_report(net, data, settings)
 
@@ -354,3 +355,21 @@ def test_series_on_two_ranks_equals_one_process_and_rank_0_writes_the_rows(
         "step_0000000.json",
         "step_0000010.json",
     ]
+
+
+def test_atlas_hessian_data_cut_into_batches_gives_the_same_hessian() -> None:
+    """A mean-reduced loss: ``sum_b (n_b / N) H_b`` over batches of ``loss_batch_size`` is the
+    Hessian of the whole batch, so the ranks may split the atlas's Hessian data."""
+    from interbasis.curvature import hessian_matrix
+
+    torch.manual_seed(0)
+    model = mlp([3, 5, 4]).double()
+    x, y = torch.randn(23, 3, dtype=torch.float64), torch.randint(0, 4, (23,))
+    whole = AtlasData(x, F.cross_entropy, (x, y))
+    cut = AtlasData(x, F.cross_entropy, (x, y), loss_batch_size=6)
+    batches = cut.hessian_data()
+    assert [b[0].shape[0] for b in batches] == [6, 6, 6, 5]
+    assert whole.hessian_data() is whole.loss_data  # loss_batch_size=None: one batch
+    H_whole = hessian_matrix(model, F.cross_entropy, whole.hessian_data())
+    H_cut = hessian_matrix(model, F.cross_entropy, batches)
+    assert rel(H_cut, H_whole) < 1e-12

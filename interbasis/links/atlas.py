@@ -168,7 +168,7 @@ def model_report(
     default_group_only(process_group, "the atlas")
     model = analysed_model(model, train_mode, "atlas")
     s = summary or summarize_model(
-        model, data.inputs, settings.node_layers, data.loss_fn, data.loss_data, k=settings.k,
+        model, data.inputs, settings.node_layers, data.loss_fn, data.hessian_data(), k=settings.k,
         seed=settings.seed, stability_seeds=settings.stability_seeds, tol=settings.lanczos_tol,
         train_mode=train_mode, process_group=process_group,
     )  # fmt: skip
@@ -313,7 +313,7 @@ def series_report(
                 model = analysed_model(raw, train_mode, "atlas")
             warned = warned or raw.training
             s = summarize_model(
-                model, data.inputs, settings.node_layers, data.loss_fn, data.loss_data,
+                model, data.inputs, settings.node_layers, data.loss_fn, data.hessian_data(),
                 k=settings.k, seed=settings.seed, stability_seeds=settings.stability_seeds,
                 tol=settings.lanczos_tol, process_group=process_group,
             )  # fmt: skip

@@ -95,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+HESSIAN_BATCH = 256  # samples per batch of the atlas's Hessian data
 ROWS_DIR = ".atlas_rows"  # finished checkpoint rows of a series atlas (removed at the end)
 # temporary files of the atomic writers (interbasis.io.atomic_write, links.report)
 _TEMP_FILE = re.compile(r"\.(atlas\.(json|html)\..+\.tmp|atlas-probe\..+)")
@@ -140,9 +141,12 @@ def atlas_data(
         fourier = FourierGrid(task.inputs[:, 0].numpy(), task.inputs[:, 1].numpy(), int(p))
         desc["fourier_grid"] = f"all pairs of Z_{p}^2"
     loss = F.cross_entropy if classification else F.mse_loss
+    # both losses average over their batch: the Hessian's data may be cut into batches, which
+    # the ranks of a process group split (the same Hessian to round-off)
     return AtlasData(
-        inputs, loss, (task.inputs[idx], task.targets[idx]), grid_inputs, fourier, desc
-    )
+        inputs, loss, (task.inputs[idx], task.targets[idx]), grid_inputs, fourier, desc,
+        loss_batch_size=HESSIAN_BATCH,
+    )  # fmt: skip
 
 
 def atlas_command(argv: Sequence[str] | None = None) -> int:

@@ -56,6 +56,10 @@ class AtlasData:
     loss_fn, loss_data : the loss whose Hessian is analysed and its ``(inputs, targets)``.
     grid_inputs, grid : the full ``Z_p^2`` grid of a modular task (Fourier labels); optional.
     description : how the data was chosen (shown with the settings).
+    loss_batch_size : cut ``loss_data`` into batches of this many samples for the Hessian, so
+        that ranks of a process group split it (``None``: one batch). Only for a loss that
+        averages over its batch (cross-entropy and MSE with their default ``mean``): the
+        Hessian is then ``sum_b (n_b / N) H_b``, the same as on the whole batch.
     """
 
     inputs: torch.Tensor
@@ -64,6 +68,15 @@ class AtlasData:
     grid_inputs: torch.Tensor | None = None
     grid: FourierGrid | None = None
     description: dict[str, Any] = field(default_factory=dict)
+    loss_batch_size: int | None = None
+
+    def hessian_data(self) -> Any:
+        """``loss_data`` as the Hessian takes it: one pair, or pairs of ``loss_batch_size``."""
+        if self.loss_batch_size is None:
+            return self.loss_data
+        x, y = self.loss_data
+        size = self.loss_batch_size
+        return [(x[i : i + size], y[i : i + size]) for i in range(0, x.shape[0], size)]
 
 
 @dataclass(frozen=True)
@@ -217,7 +230,7 @@ def _stage_block(
     pairs, method = hessian_eigenpairs(
         model,
         data.loss_fn,
-        data.loss_data,
+        data.hessian_data(),
         settings.k,
         params=covered,
         seed=settings.seed,

@@ -199,7 +199,7 @@ def summarize_model(
     inputs: torch.Tensor,
     node_layers: Sequence[str],
     loss_fn: LossFn,
-    loss_data: tuple[torch.Tensor, torch.Tensor],
+    loss_data: tuple[torch.Tensor, torch.Tensor] | Sequence[tuple[torch.Tensor, torch.Tensor]],
     *,
     k: int = 5,
     seed: int = 0,
