@@ -47,12 +47,10 @@ def _check_out(path: str) -> Path:
     return out
 
 
-def _load_data(checkpoint: str, data: str, shard: bool = False) -> Any:
-    """The model inputs of ``--data``; with ``shard`` under torchrun only this rank's
-    contiguous slice of the rows (a tensor file is memory-mapped, so only those rows are read)."""
+def _load_data(checkpoint: str, data: str, rows: Callable[[int], slice] | None = None) -> Any:
+    """The model inputs of ``--data``; with ``rows`` (:func:`_shard_rows`) only this rank's
+    slice of them (a tensor file is memory-mapped, so only those rows are read)."""
     import torch
-
-    rows = _shard_rows() if shard else None
 
     if data in ("train", "test", "all"):
         from experiments.checkpoint_io import task_for_checkpoint
@@ -124,11 +122,12 @@ def run_graph(
 
     t0 = time.time()
     model = load_checkpoint(checkpoint)
-    inputs = _load_data(checkpoint, data, shard)
+    rows = _shard_rows() if shard else None
+    inputs = _load_data(checkpoint, data, rows)
     graph = build_graph(
         model, inputs, list(layers), basis=basis, edges=edges,  # type: ignore[arg-type]
         dtype=torch.float64, batch_size=batch_size, progress=progress, cache_dir=cache,
-        split_over="shards" if shard and _shard_rows() is not None else "data",
+        split_over="shards" if rows is not None else "data",
     )  # fmt: skip
     t_build = time.time() - t0
     summary: dict[str, Any] = {

@@ -23,16 +23,10 @@ from typing import Any
 
 import torch
 
-from interbasis.distributed import DistributedError, Shard, comm_device, get_shard
+from interbasis.distributed import DistributedError, Shard, _dist, comm_device, get_shard
 from interbasis.errors import DataError, ShapeError
 
 __all__ = ["check_same_data", "data_shard", "default_group_only", "gather_batches"]
-
-
-def _dist() -> Any:
-    import torch.distributed as dist
-
-    return dist
 
 
 def data_shard(process_group: Any, what: str) -> Shard:

@@ -219,12 +219,9 @@ def _local_bases_and_squared_edges(
     reuse = edge_sources == run.sources and (run.sources is None or run.sources.hidden is None)
     options = edge_options(run, "squared", 16, edge_sources)
     for i in range(len(names) - 2, -1, -1):
-        cache = JacobianStore(cache_limit if reuse else 0)
-        try:
+        with JacobianStore(cache_limit if reuse else 0) as cache:  # closes the spill file
             _local_section(run, i, bases, matrices, edge_errors, cache, reuse, options,
                            center=center, fold_bias=fold_bias, truncation=truncation)  # fmt: skip
-        finally:
-            cache.close()  # and the spill file
     return [bases[n] for n in names]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -22,6 +23,19 @@ def mlp(widths: list[int], act: type[nn.Module] = nn.Tanh, bias: bool = True, se
         if i < len(widths) - 2:
             layers.append(act())
     return nn.Sequential(*layers).eval()
+
+
+def write_trajectory(run: Path, model: nn.Module, steps: tuple[int, ...] = (0, 10, 20)) -> Path:
+    """``run/checkpoints/step_*.pt``: state dicts of ``model`` along a made-up trajectory
+    (seeded steps of 0.05 Gaussian noise between checkpoints); ``model`` is moved along it."""
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(5)
+    for step in steps:
+        torch.save(model.state_dict(), run / "checkpoints" / f"step_{step:07d}.pt")
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return run
 
 
 def linear_names(net: nn.Sequential) -> list[str]:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from nets import mlp
+from nets import mlp, write_trajectory
 from torch import nn
 
 from interbasis.curvature import (
@@ -229,15 +229,7 @@ def _load(path: Path) -> nn.Module:
 
 def _run_dir(run: Path) -> Path:
     """Three checkpoints of the 2-5-5-1 ReLU MLP along a made-up trajectory."""
-    (run / "checkpoints").mkdir(parents=True)
-    net = mlp([2, 5, 5, 1], act=nn.ReLU)
-    g = torch.Generator().manual_seed(5)
-    for step in (0, 10, 20):
-        torch.save(net.state_dict(), run / "checkpoints" / f"step_{step:07d}.pt")
-        with torch.no_grad():
-            for p in net.parameters():
-                p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return run
+    return write_trajectory(run, mlp([2, 5, 5, 1], act=nn.ReLU))
 
 
 def _series(run: Path, cache: Path | None = None) -> tuple[dict[str, Any], list[str]]:

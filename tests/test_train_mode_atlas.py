@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from nets import write_trajectory
 from torch import nn
 
 from interbasis import DataError
@@ -146,16 +147,7 @@ def test_keep_uses_an_eval_mode_model_as_it_is(
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three checkpoints (state dicts) of BNNet along a made-up trajectory."""
-    run = tmp_path_factory.mktemp("bn_run")
-    (run / "checkpoints").mkdir()
-    model = BNNet()
-    g = torch.Generator().manual_seed(5)
-    for step in (0, 10, 20):
-        torch.save(model.state_dict(), run / "checkpoints" / f"step_{step:07d}.pt")
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return run
+    return write_trajectory(tmp_path_factory.mktemp("bn_run"), BNNet())
 
 
 def loader(train: bool, built: list[nn.Module]) -> Any:

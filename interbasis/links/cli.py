@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from interbasis.distributed import get_shard
 from interbasis.links.atlas import (
     AtlasData,
     AtlasSettings,
@@ -161,11 +162,12 @@ def atlas_command(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
+    rank = get_shard().rank  # under torchrun every rank computes its share, rank 0 writes
     out = Path(args.out)
     created = not out.exists()
     try:
         check_writable(out)  # fail before any work
-        if _rank() == 0:  # under torchrun every rank computes its share, rank 0 writes
+        if rank == 0:
             _remove_stale_temps(out)
         target = Path(args.target)
         # a directory is a run unless it holds a single checkpoint file (rib's layout); an
@@ -195,22 +197,15 @@ def atlas_command(argv: Sequence[str] | None = None) -> int:
         report["title"] = f"interbasis atlas of {target.name}"
         report["settings"] = {"target": str(target), **report["settings"]}
         html_path, json_path = write_atlas(report, figures, args.out)
-        if _rank() == 0:
+        if rank == 0:
             shutil.rmtree(out / ROWS_DIR, ignore_errors=True)
     except (InterbasisError, GraphError, OSError) as err:
-        if created and _rank() == 0 and out.is_dir() and not any(out.iterdir()):
+        if created and rank == 0 and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # leave no trace of a report that was not written
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:
         torch.set_num_threads(threads)
-    if _rank() == 0:
+    if rank == 0:
         print(f"wrote {html_path} and {json_path} in {time.time() - t0:.1f} s")
     return 0
-
-
-def _rank() -> int:
-    """This process's rank in the initialised default group (0 without one)."""
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
